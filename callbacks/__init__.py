@@ -1,0 +1,5 @@
+"""Lightning callbacks of vlp (installed as ``vlp.callbacks``)."""
+
+from vlp.callbacks.eval_tasks import EvalTasks
+
+__all__ = ["EvalTasks"]

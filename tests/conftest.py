@@ -1,0 +1,43 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+EMOJI_TRAIN = "builtin:emoji/google/train-*.tar"
+
+# Overrides that shrink any ViT + text-transformer recipe to a test size
+# (2 layers, width 64, 32-px images).
+TINY = [
+    "--data.batch_size", "8", "--data.num_workers", "0", "--data.image_size", "32",
+    "--model.image_tower.embed_dim", "64",
+    "--model.image_tower.model_kwargs", "{patch_size: 8, embed_dim: 64, depth: 2, num_heads: 2}",
+    "--model.text_tower.width", "64", "--model.text_tower.layers", "2", "--model.text_tower.heads", "2",
+    "--model.text_tower.embed_dim", "64",
+]
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_state():
+    dtype = torch.get_default_dtype()
+    yield
+    torch.set_default_dtype(dtype)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+@pytest.fixture
+def tiny_module():
+    from vlp.module import VLPModule
+    from vlp.objectives import ContrastiveLoss
+    from vlp.towers import TextTransformer, TimmImageTower
+
+    torch.manual_seed(0)
+    image = TimmImageTower("vit_tiny_patch16_224", embed_dim=64, image_size=32,
+                           model_kwargs=dict(patch_size=8, embed_dim=64, depth=2, num_heads=2))
+    text = TextTransformer(context_length=16, width=64, layers=2, heads=2, embed_dim=64)
+    return VLPModule(image, text, [ContrastiveLoss()])

@@ -1,0 +1,119 @@
+import math
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from vlp.objectives import ContrastiveLoss
+
+
+def reference_clip_loss(image, text, scale):
+    """Hand-written float64 CLIP loss: mean over rows of -log softmax at the diagonal, both ways."""
+    image, text = image.double(), text.double()
+    n = image.shape[0]
+    total = 0.0
+    for i in range(n):
+        row = [scale * float(image[i] @ text[j]) for j in range(n)]
+        col = [scale * float(text[i] @ image[j]) for j in range(n)]
+        total += -row[i] + math.log(sum(math.exp(v) for v in row))
+        total += -col[i] + math.log(sum(math.exp(v) for v in col))
+    return total / (2 * n)
+
+
+def _features(n=6, d=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (F.normalize(torch.randn(n, d, generator=g), dim=-1), F.normalize(torch.randn(n, d, generator=g), dim=-1))
+
+
+def test_loss_matches_hand_computed_reference():
+    image, text = _features()
+    loss_fn = ContrastiveLoss()
+    loss, metrics = loss_fn({"image_embed": image, "text_embed": text}, {})
+    assert math.isclose(loss.item(), reference_clip_loss(image, text, 1 / 0.07), rel_tol=1e-5)
+    assert math.isclose(metrics["logit_scale"].item(), 1 / 0.07, rel_tol=1e-6)
+
+
+def test_gradients_match_reference():
+    image, text = _features()
+    image.requires_grad_(True)
+    text.requires_grad_(True)
+    loss_fn = ContrastiveLoss(init_logit_scale=math.log(10.0))
+    loss, _ = loss_fn({"image_embed": image, "text_embed": text}, {})
+    loss.backward()
+    img64 = image.detach().double().requires_grad_(True)
+    txt64 = text.detach().double().requires_grad_(True)
+    scale = torch.tensor(math.log(10.0), dtype=torch.float64, requires_grad=True)
+    logits = scale.exp() * img64 @ txt64.T
+    ref = (-(logits.diag()) + logits.logsumexp(1)).mean() / 2 + (-(logits.diag()) + logits.logsumexp(0)).mean() / 2
+    ref.backward()
+    assert torch.allclose(image.grad.double(), img64.grad, atol=1e-5)
+    assert torch.allclose(text.grad.double(), txt64.grad, atol=1e-5)
+    assert math.isclose(loss_fn.logit_scale.grad.item(), scale.grad.item(), rel_tol=1e-4)
+
+
+def test_logit_scale_is_clamped_to_ln_100_after_a_step():
+    loss_fn = ContrastiveLoss()
+    with torch.no_grad():
+        loss_fn.logit_scale.fill_(7.0)
+    loss_fn.after_optimizer_step()
+    assert math.isclose(loss_fn.logit_scale.item(), math.log(100), rel_tol=1e-6)
+
+
+def test_label_smoothing_matches_torch():
+    image, text = _features()
+    loss, _ = ContrastiveLoss(label_smoothing=0.1)({"image_embed": image, "text_embed": text}, {})
+    logits = (1 / 0.07) * image @ text.T
+    labels = torch.arange(6)
+    ref = (F.cross_entropy(logits, labels, label_smoothing=0.1) + F.cross_entropy(logits.T, labels, label_smoothing=0.1)) / 2
+    assert torch.allclose(loss, ref, atol=1e-5)
+
+
+class _Towers(torch.nn.Module):
+    """Stand-in towers with fixed seeded weights."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.img = torch.nn.Linear(7, 5)
+        self.txt = torch.nn.Linear(3, 5)
+        self.loss = ContrastiveLoss(init_logit_scale=math.log(5.0))
+
+    def forward(self, x_img, x_txt):
+        out = {"image_embed": F.normalize(self.img(x_img), dim=-1), "text_embed": F.normalize(self.txt(x_txt), dim=-1)}
+        return self.loss(out, {})[0]
+
+
+def _data():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(8, 7, generator=g), torch.randn(8, 3, generator=g)
+
+
+def _rank_main(rank, world, init_file, out_dir):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    model = DDP(_Towers())
+    x_img, x_txt = _data()
+    per = x_img.shape[0] // world
+    loss = model(x_img[rank * per:(rank + 1) * per], x_txt[rank * per:(rank + 1) * per])
+    loss.backward()  # DDP averages the gradients over ranks
+    losses = [torch.zeros(()) for _ in range(world)]
+    dist.all_gather(losses, loss.detach())
+    if rank == 0:
+        torch.save({"loss": torch.stack(losses).mean(),
+                    "grads": {n: p.grad for n, p in model.module.named_parameters()}}, os.path.join(out_dir, "r.pt"))
+    dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_give_the_single_process_loss_and_gradients(tmp_path):
+    mp.spawn(_rank_main, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    got = torch.load(tmp_path / "r.pt")
+    model = _Towers()
+    loss = model(*_data())
+    loss.backward()
+    assert torch.allclose(got["loss"], loss.detach(), atol=1e-6)
+    for name, p in model.named_parameters():
+        assert torch.allclose(got["grads"][name], p.grad, atol=1e-6), name

@@ -1,0 +1,107 @@
+import io
+import tarfile
+
+import pytest
+import torch
+from PIL import Image
+
+from vlp.data.datamodule import VLPDataModule
+from vlp.data.shard_writer import read_samples, write_shard
+from vlp.data.shards import count_samples, expand_shards
+from vlp.errors import VLPError
+
+
+def _png(color) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _write(path, n, start=0):
+    write_shard(path, [(f"{start + i:05d}", {"png": _png((i, 0, 0)), "txt": f"sample {start + i}".encode()})
+                       for i in range(n)])
+
+
+def test_builtin_emoji_shards_are_packaged_with_licences():
+    from vlp.data.shards import builtin_root
+
+    assert len(expand_shards("builtin:emoji/google/train-*.tar")) == 8
+    assert sum(count_samples(s) for s in expand_shards("builtin:emoji/google/train-*.tar")) == 1521
+    assert sum(count_samples(s) for s in expand_shards("builtin:emoji/twitter/test-*.tar")) == 385
+    notice = (builtin_root() / "emoji" / "README.md").read_text()
+    assert "Apache License 2.0" in notice and "CC-BY 4.0" in notice and "MIT" in notice
+
+
+def test_shard_spec_forms(tmp_path):
+    for i in range(3):
+        _write(tmp_path / f"s-{i:03d}.tar", 2, 2 * i)
+    by_brace = expand_shards(str(tmp_path / "s-{000..002}.tar"))
+    by_glob = expand_shards(str(tmp_path / "s-*.tar"))
+    joined = expand_shards(f"{tmp_path}/s-000.tar::{tmp_path}/s-002.tar")
+    assert by_brace == by_glob and len(by_brace) == 3 and len(joined) == 2
+
+
+def test_shard_pattern_matching_nothing_names_it(tmp_path):
+    with pytest.raises(VLPError, match=r"shard path '.*missing-\*\.tar' matches no file"):
+        expand_shards(str(tmp_path / "missing-*.tar"))
+    with pytest.raises(VLPError, match="matches no file"):
+        VLPDataModule(train_shards=str(tmp_path / "none-{000..009}.tar"))
+
+
+def test_train_batches_cover_every_sample_once_per_epoch(tmp_path):
+    for i in range(4):
+        _write(tmp_path / f"s-{i:03d}.tar", 8, 8 * i)
+    dm = VLPDataModule(train_shards=str(tmp_path / "s-*.tar"), batch_size=4, num_workers=2, image_size=16,
+                       context_length=8)
+    loader = dm.train_dataloader()
+    assert len(loader) == 8
+    batches = list(loader)
+    assert len(batches) == 8
+    captions = [c for b in batches for c in b["caption"]]
+    assert sorted(captions) == sorted(f"sample {i}" for i in range(32))
+    b = batches[0]
+    assert b["image"].shape == (4, 3, 16, 16) and b["image"].dtype == torch.float32
+    assert b["text"].shape == (4, 8) and b["text"].dtype == torch.long
+
+
+def test_training_order_differs_between_epochs_and_follows_the_seed(tmp_path):
+    from lightning.pytorch import seed_everything
+
+    for i in range(2):
+        _write(tmp_path / f"s-{i:03d}.tar", 16, 16 * i)
+    dm = VLPDataModule(train_shards=str(tmp_path / "s-*.tar"), batch_size=8, num_workers=0, image_size=16,
+                       shuffle_buffer=32)
+
+    def epoch():
+        return [c for b in dm.train_dataloader() for c in b["caption"]]
+
+    seed_everything(3)
+    first, second = epoch(), epoch()
+    seed_everything(3)
+    assert epoch() == first
+    assert first != second
+
+
+def test_too_few_shards_for_workers_is_a_clear_error(tmp_path):
+    _write(tmp_path / "only.tar", 8)
+    dm = VLPDataModule(train_shards=str(tmp_path / "only.tar"), batch_size=4, num_workers=2)
+    with pytest.raises(VLPError, match="1 shards cannot feed 1 ranks x 2 workers"):
+        dm.train_dataloader()
+
+
+def test_eval_stream_keeps_order_and_partial_batch():
+    dm = VLPDataModule(image_size=32, batch_size=100)
+    batches = list(dm.eval_stream("builtin:emoji/google/test-*.tar", meta_fields=("category",)))
+    assert [len(b["caption"]) for b in batches] == [100, 100, 100, 85]
+    keys = [k for k, _ in read_samples(expand_shards("builtin:emoji/google/test-*.tar"))]
+    assert len(keys) == 385 and len(batches[0]["category"]) == 100
+
+
+def test_reshard_keeps_every_member(tmp_path):
+    from vlp.data.shard_writer import reshard
+
+    _write(tmp_path / "src.tar", 10)
+    counts = reshard([tmp_path / "src.tar"], str(tmp_path / "out-%03d.tar"), 3)
+    assert counts == [3, 3, 4]
+    with tarfile.open(tmp_path / "out-002.tar") as tar:
+        assert tar.getnames()[:2] == ["00006.png", "00006.txt"]

@@ -1,0 +1,147 @@
+"""The `vlp` command: LightningCLI with recipes.
+
+    vlp recipes                                   list the recipes
+    vlp fit --recipe clip_tiny [--trainer.max_steps 50 --data.batch_size 16 ...]
+    vlp fit --recipe path/to/recipe.yaml --print_config
+
+``--recipe`` loads and merges the recipe (vlp.recipes) and hands it to LightningCLI
+as its first ``--config``; every later option overrides a recipe value.
+User errors print one line ``vlp: error: ...`` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import yaml
+
+from vlp.errors import VLPError
+
+
+def _one_line(message: str) -> str:
+    """jsonargparse's messages nest the reasons of every union member; keep the gist."""
+    lines = [ln.strip() for ln in str(message).splitlines() if ln.strip()]
+    if not lines:
+        return "invalid arguments"
+    head = lines[0]
+    detail = next((ln for ln in lines[1:] if "Expected" in ln or "Got value" in ln or "not" in ln.lower()), "")
+    return f"{head} {detail}".strip() if detail and detail not in head else head
+
+
+def _make_cli_class():
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+    from vlp.data.datamodule import VLPDataModule
+    from vlp.module import VLPModule
+
+    class VLPArgumentParser(LightningArgumentParser):
+        def error(self, message: str, ex: Exception | None = None):
+            raise VLPError(_one_line(message))
+
+    class VLPCLI(LightningCLI):
+        def init_parser(self, **kwargs) -> LightningArgumentParser:
+            kwargs.setdefault("dump_header", ["vlp recipe (merged); run it with vlp fit --recipe FILE"])
+            return super().init_parser(**kwargs)
+
+        def before_fit(self) -> None:
+            check_tokenizer(self.model, self.datamodule)
+
+        def after_fit(self) -> None:
+            trainer = self.trainer
+            if trainer.global_rank != 0:
+                return
+            ckpt = trainer.checkpoint_callback
+            path = ckpt and (ckpt.last_model_path or ckpt.best_model_path)
+            print(f"checkpoint: {path or 'none (no ModelCheckpoint callback)'}")
+            print(f"logs: {trainer.log_dir}")
+
+    return VLPCLI, VLPArgumentParser, VLPModule, VLPDataModule
+
+
+def check_tokenizer(model, datamodule) -> None:
+    """The text tower must cover the tokenizer's ids and sequence length."""
+    tower, tok = model.text_tower, datamodule.tokenizer
+    vocab = getattr(tower, "vocab_size", None)
+    if vocab is not None and tok.vocab_size > vocab:
+        raise VLPError(f"the tokenizer has {tok.vocab_size} tokens but model.text_tower.vocab_size is {vocab}")
+    ctx = getattr(tower, "context_length", None)
+    if ctx is not None and tok.context_length > ctx:
+        raise VLPError(
+            f"data.context_length {tok.context_length} exceeds model.text_tower.context_length {ctx}"
+        )
+
+
+def _take_recipe(argv: list[str]) -> tuple[str | None, list[str]]:
+    rest, recipe = [], None
+    it = iter(argv)
+    for arg in it:
+        if arg == "--recipe":
+            recipe = next(it, None)
+            if recipe is None:
+                raise VLPError("--recipe needs a name or a YAML path (see `vlp recipes`)")
+        elif arg.startswith("--recipe="):
+            recipe = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return recipe, rest
+
+
+def run_cli(argv: list[str], run: bool = True):
+    """Parse ``argv`` (without the program name) and run it; returns the LightningCLI.
+
+    ``run=False`` builds the model, data and trainer without a subcommand (tests).
+    """
+    from vlp.recipes import list_recipes, load_recipe
+
+    if argv[:1] == ["recipes"]:
+        rows = list_recipes()
+        width = max(len(n) for n, _ in rows)
+        for name, description in rows:
+            print(f"{name:<{width}}  {description}")
+        return None
+    recipe, rest = _take_recipe(argv)
+    if recipe is not None:
+        if run and (not rest or rest[0].startswith("-")):
+            raise VLPError("give a subcommand before --recipe, e.g. `vlp fit --recipe clip_tiny`")
+        merged = tempfile.NamedTemporaryFile("w", prefix=f"vlp-recipe-{Path(recipe).stem}-", suffix=".yaml",
+                                             delete=False)
+        with merged:
+            yaml.safe_dump(load_recipe(recipe), merged, sort_keys=False)
+        atexit.register(os.unlink, merged.name)
+        at = 1 if run else 0
+        rest = [*rest[:at], "--config", merged.name, *rest[at:]]
+    VLPCLI, VLPArgumentParser, VLPModule, VLPDataModule = _make_cli_class()
+    return VLPCLI(
+        VLPModule,
+        VLPDataModule,
+        args=rest,
+        parser_class=VLPArgumentParser,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        run=run,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    # Known and handled: the stream gives every worker its own shards and a fixed length.
+    warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        run_cli(argv)
+    except VLPError as e:
+        print(f"vlp: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

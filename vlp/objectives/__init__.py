@@ -1,0 +1,11 @@
+"""Objectives: nn.Modules that turn the shared model outputs and the batch into a loss.
+
+Each has a ``weight`` and a ``name``; ``forward(outputs, batch)`` returns
+``(loss, metrics)``. VLPModule sums ``weight * loss`` and logs every term by name,
+so a new objective is a new class here and a line in a recipe.
+"""
+
+from vlp.objectives.base import Objective
+from vlp.objectives.contrastive import ContrastiveLoss
+
+__all__ = ["ContrastiveLoss", "Objective"]

@@ -1,0 +1,67 @@
+"""CLIP's symmetric contrastive loss (Radford et al. 2021; open_clip's ClipLoss)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlp.objectives.base import Objective
+from vlp.objectives.gather import all_gather_with_grad, rank_and_world
+
+
+class ContrastiveLoss(Objective):
+    """Symmetric InfoNCE over image and text embeddings with a learned temperature.
+
+    ``loss = (CE(s * I T^T, y) + CE(s * T I^T, y)) / 2`` with ``s = exp(logit_scale)``,
+    ``logit_scale`` initialised to ``ln(1/0.07)`` and clamped to ``[0, ln 100]`` after
+    every optimiser step (as open_clip). Under several ranks, each rank scores its
+    own rows against the features of all ranks, gathered with gradient
+    (open_clip's ``local_loss=True, gather_with_grad=True``): the loss and the
+    gradients then equal those of one process on the whole batch.
+
+    Reads ``outputs["image_embed"]``, ``outputs["text_embed"]`` (``[B, E]``, L2-normalised).
+
+    Args:
+        weight, name: see Objective.
+        init_logit_scale: initial ``logit_scale`` (log of the inverse temperature).
+        max_logit_scale: upper clamp of ``logit_scale``.
+        learn_logit_scale: False keeps the temperature fixed.
+        label_smoothing: cross-entropy label smoothing (ALIGN uses 0.1).
+    """
+
+    default_name = "contrastive"
+
+    def __init__(
+        self,
+        weight: float = 1.0,
+        name: str | None = None,
+        init_logit_scale: float = math.log(1 / 0.07),
+        max_logit_scale: float = math.log(100),
+        learn_logit_scale: bool = True,
+        label_smoothing: float = 0.0,
+    ):
+        super().__init__(weight, name)
+        self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)), requires_grad=learn_logit_scale)
+        self.max_logit_scale = max_logit_scale
+        self.label_smoothing = label_smoothing
+
+    def forward(self, outputs: dict[str, torch.Tensor], batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image, text = outputs["image_embed"], outputs["text_embed"]
+        rank, _ = rank_and_world()
+        all_image, all_text = all_gather_with_grad(image), all_gather_with_grad(text)
+        scale = self.logit_scale.exp()
+        logits_per_image = scale * image @ all_text.T
+        logits_per_text = scale * text @ all_image.T
+        labels = torch.arange(image.shape[0], device=image.device) + rank * image.shape[0]
+        loss = (
+            F.cross_entropy(logits_per_image, labels, label_smoothing=self.label_smoothing)
+            + F.cross_entropy(logits_per_text, labels, label_smoothing=self.label_smoothing)
+        ) / 2
+        return loss, {"logit_scale": scale.detach()}
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        self.logit_scale.clamp_(0, self.max_logit_scale)

@@ -1,0 +1,70 @@
+"""AdamW with CLIP's weight-decay exclusions, and open_clip's warmup + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from vlp.errors import VLPError
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and schedule.
+
+    Args:
+        lr: peak learning rate.
+        weight_decay: AdamW decay, applied to matrices only (see param_groups).
+        betas, eps: AdamW moments and epsilon (CLIP: 0.9, 0.98, 1e-6).
+        warmup_steps: linear warmup from lr/warmup_steps to lr.
+        schedule: ``cosine`` (to 0 at the last step, as open_clip) or ``constant``.
+    """
+
+    lr: float = 5e-4
+    weight_decay: float = 0.2
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    warmup_steps: int = 0
+    schedule: Literal["cosine", "constant"] = "cosine"
+
+    def __post_init__(self):
+        if self.lr <= 0:
+            raise VLPError(f"model.optim.lr must be > 0, got {self.lr}")
+        if self.warmup_steps < 0:
+            raise VLPError(f"model.optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: decay for tensors with 2+ dims; none for biases, norm gains,
+    scalars such as logit scales, and 1-d embeddings (class token), as open_clip.
+    Frozen parameters are left out."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
+    """Multiplier of the peak lr at ``step`` (0-based), open_clip's ``cosine_lr``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    e, es = step - warmup_steps, max(1, total_steps - warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(e, es) / es))
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int):
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: lr_factor(step, cfg.warmup_steps, total_steps, cfg.schedule)
+    )
+    return opt, sched

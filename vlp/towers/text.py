@@ -1,0 +1,114 @@
+"""CLIP's text tower: a causal pre-LN transformer pooled at the end-of-text token."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlp.towers.projection import Projection, make_projection
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, causal: bool, mask: torch.Tensor | None) -> torch.Tensor:
+        b, n, w = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        return self.out(y.transpose(1, 2).reshape(b, n, w))
+
+
+class Block(nn.Module):
+    def __init__(self, width: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        hidden = int(width * mlp_ratio)
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = SelfAttention(width, heads)
+        self.ln_2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
+
+    def forward(self, x: torch.Tensor, causal: bool, mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), causal, mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class TextTransformer(nn.Module):
+    """CLIP text encoder (Radford et al. 2021; initialisation as open_clip).
+
+    Input ``text [B, L]`` token ids padded with ``pad_id`` (L <= context_length);
+    output ``pooled [B, embed_dim]`` taken at the last non-pad token (the
+    end-of-text token) after the final LayerNorm and projection, and
+    ``tokens [B, L, width]``.
+
+    Args:
+        vocab_size: embedding rows; must cover the tokenizer's ids.
+        context_length: the longest sequence (positional embedding rows).
+        width, layers, heads, mlp_ratio: transformer shape.
+        embed_dim: size of the shared image-text embedding.
+        causal: causal attention (CLIP); False = bidirectional with a padding mask.
+        pad_id: padding token id.
+        proj: ``linear`` (CLIP), ``mlp`` or ``none``.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 8192,
+        context_length: int = 32,
+        width: int = 512,
+        layers: int = 12,
+        heads: int = 8,
+        mlp_ratio: float = 4.0,
+        embed_dim: int = 512,
+        causal: bool = True,
+        pad_id: int = 0,
+        proj: Projection = "linear",
+    ):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.context_length = context_length
+        self.causal = causal
+        self.pad_id = pad_id
+        self.embed_dim = embed_dim
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio) for _ in range(layers))
+        self.ln_final = nn.LayerNorm(width)
+        self.proj = make_projection(proj, width, embed_dim)
+        self._init(width, layers)
+
+    def _init(self, width: int, layers: int) -> None:
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+        attn_std = width**-0.5
+        proj_std = attn_std * (2 * layers) ** -0.5
+        fc_std = (2 * width) ** -0.5
+        for block in self.blocks:
+            nn.init.normal_(block.attn.qkv.weight, std=attn_std)
+            nn.init.zeros_(block.attn.qkv.bias)
+            nn.init.normal_(block.attn.out.weight, std=proj_std)
+            nn.init.zeros_(block.attn.out.bias)
+            nn.init.normal_(block.mlp[0].weight, std=fc_std)
+            nn.init.normal_(block.mlp[2].weight, std=proj_std)
+        if isinstance(self.proj, nn.Linear):
+            nn.init.normal_(self.proj.weight, std=attn_std)
+
+    def forward(self, text: torch.Tensor) -> dict[str, torch.Tensor]:
+        b, n = text.shape
+        if n > self.context_length:
+            raise ValueError(f"text has {n} tokens; the tower's context_length is {self.context_length}")
+        keep = text != self.pad_id
+        x = self.token_embedding(text) + self.positional_embedding[:n]
+        mask = None if self.causal else keep[:, None, None, :]
+        for block in self.blocks:
+            x = block(x, self.causal, mask)
+        x = self.ln_final(x)
+        last = keep.sum(1).clamp(min=1) - 1
+        pooled = x[torch.arange(b, device=x.device), last]
+        return {"pooled": self.proj(pooled), "tokens": x}

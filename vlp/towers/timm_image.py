@@ -1,0 +1,73 @@
+"""Image tower on timm: any ViT, ResNet, MLP-Mixer, ConvNeXt, EfficientNet by name."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from vlp.errors import VLPError
+from vlp.towers.projection import Projection, make_projection
+
+
+class TimmImageTower(nn.Module):
+    """``timm.create_model(model_name)`` without its classifier, then a projection.
+
+    Pooling is the model's own head pooling (``global_pool``: ``token`` = class token,
+    ``avg`` = mean of tokens / spatial average, as timm offers), followed by
+    CLIP's bias-free linear projection to ``embed_dim``.
+
+    Args:
+        model_name: a timm model name (``vit_base_patch16_224``, ``resnet50``, ...).
+        embed_dim: size of the shared image-text embedding.
+        image_size: input side for models that take ``img_size`` (ViT, Mixer).
+        global_pool: timm's pooling option; None = the model's default.
+        proj: ``linear`` (CLIP), ``mlp`` or ``none``.
+        pretrained_path: a local timm checkpoint file (nothing is downloaded).
+        model_kwargs: extra keyword arguments for ``timm.create_model``
+            (``depth``, ``embed_dim``, ``num_heads``, ``patch_size``, ``drop_path_rate``, ...).
+
+    Input ``[B, 3, H, W]``; output ``pooled [B, embed_dim]``, ``tokens`` = ``forward_features``.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        embed_dim: int = 512,
+        image_size: int | None = None,
+        global_pool: str | None = None,
+        proj: Projection = "linear",
+        pretrained_path: str | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        kwargs = dict(model_kwargs or {})
+        kwargs["num_classes"] = 0
+        if image_size is not None:
+            kwargs["img_size"] = image_size
+        if global_pool is not None:
+            kwargs["global_pool"] = global_pool
+        if pretrained_path is not None:
+            if not Path(pretrained_path).is_file():
+                raise VLPError(f"pretrained image tower file not found: {pretrained_path}")
+            kwargs["pretrained"] = True
+            kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_path)}
+        if not timm.is_model(model_name):
+            close = difflib.get_close_matches(model_name, timm.list_models(), n=4)
+            raise VLPError(f"unknown timm model '{model_name}'" + (f"; close: {', '.join(close)}" if close else ""))
+        try:
+            self.trunk = timm.create_model(model_name, **kwargs)
+        except TypeError as e:
+            raise VLPError(f"timm model '{model_name}' rejects its arguments {sorted(kwargs)}: {e}") from None
+        self.width = self.trunk.num_features
+        self.proj = make_projection(proj, self.width, embed_dim)
+        self.embed_dim = embed_dim
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        tokens = self.trunk.forward_features(image)
+        pooled = self.trunk.forward_head(tokens, pre_logits=True)
+        return {"pooled": self.proj(pooled), "tokens": tokens}
