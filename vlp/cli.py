@@ -91,6 +91,25 @@ def _take_recipe(argv: list[str]) -> tuple[str | None, list[str]]:
     return recipe, rest
 
 
+def _dotted_overrides(args: list[str]) -> dict:
+    """``--a.b value`` / ``--a.b=value`` pairs of the command line, values parsed as YAML."""
+    out = {}
+    for i, arg in enumerate(args):
+        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
+            continue
+        if "=" in arg:
+            key, raw = arg[2:].split("=", 1)
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            key, raw = arg[2:], args[i + 1]
+        else:
+            continue
+        try:
+            out[key] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            out[key] = raw
+    return out
+
+
 def run_cli(argv: list[str], run: bool = True):
     """Parse ``argv`` (without the program name) and run it; returns the LightningCLI.
 
@@ -111,7 +130,7 @@ def run_cli(argv: list[str], run: bool = True):
         merged = tempfile.NamedTemporaryFile("w", prefix=f"vlp-recipe-{Path(recipe).stem}-", suffix=".yaml",
                                              delete=False)
         with merged:
-            yaml.safe_dump(load_recipe(recipe), merged, sort_keys=False)
+            yaml.safe_dump(load_recipe(recipe, _dotted_overrides(rest)), merged, sort_keys=False)
         atexit.register(os.unlink, merged.name)
         at = 1 if run else 0
         rest = [*rest[:at], "--config", merged.name, *rest[at:]]

@@ -38,14 +38,26 @@ class OptimConfig:
             raise VLPError(f"model.optim.warmup_steps must be >= 0, got {self.warmup_steps}")
 
 
+def no_decay_names(model: nn.Module) -> set[str]:
+    """Names that a submodule excludes itself via timm's ``no_weight_decay()``
+    (class token, positional embedding of timm ViTs)."""
+    names = set()
+    for prefix, module in model.named_modules():
+        if callable(getattr(module, "no_weight_decay", None)):
+            names |= {f"{prefix}.{n}" if prefix else n for n in module.no_weight_decay()}
+    return names
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: decay for tensors with 2+ dims; none for biases, norm gains,
-    scalars such as logit scales, and 1-d embeddings (class token), as open_clip.
+    """Two groups: decay for weight matrices; none for tensors with fewer than 2
+    dims (biases, norm gains, scalars such as logit scales; open_clip's rule) and
+    for the tokens and embeddings timm marks with ``no_weight_decay()``.
     Frozen parameters are left out."""
+    skip = no_decay_names(model)
     decay, no_decay = [], []
-    for _, p in model.named_parameters():
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+            (decay if p.ndim >= 2 and name not in skip else no_decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

@@ -88,10 +88,33 @@ def _load_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return merge(base, spec)
 
 
-def load_recipe(name_or_path: str) -> dict[str, Any]:
-    """The merged, resolved LightningCLI config of a recipe (without its own keys)."""
+def apply_overrides(spec: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Set dotted keys that exist in ``spec`` (``init_args`` may be left out, as on the
+    command line), so that interpolations see command-line values. Keys the recipe
+    does not hold are left to the CLI, which checks them."""
+    for dotted, value in overrides.items():
+        node, parts = spec, dotted.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, dict):
+                break
+            if part not in node and isinstance(node.get("init_args"), dict):
+                node = node["init_args"]
+            if part not in node:
+                break
+            if i == len(parts) - 1:
+                node[part] = value
+            else:
+                node = node[part]
+
+
+def load_recipe(name_or_path: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The merged, resolved LightningCLI config of a recipe (without its own keys).
+
+    ``overrides``: dotted keys to set before interpolations are resolved.
+    """
     path = find_recipe(name_or_path)
     spec = {k: v for k, v in _load_raw(path).items() if k not in OWN_KEYS}
+    apply_overrides(spec, overrides or {})
     try:
         return OmegaConf.to_container(OmegaConf.create(spec), resolve=True)
     except OmegaConfBaseException as e:

@@ -1,0 +1,110 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import TINY
+from vlp.cli import main, run_cli
+
+
+def _error_line(capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_unknown_recipe(capsys):
+    line = _error_line(capsys, ["fit", "--recipe", "clip_tyni"])
+    assert line == "vlp: error: unknown recipe 'clip_tyni'; did you mean: clip_tiny (or give a path to a YAML file)"
+
+
+def test_unknown_override_key(capsys):
+    line = _error_line(capsys, ["fit", "--recipe", "clip_tiny", "--data.batch_sise", "16"])
+    assert line.startswith("vlp: error:") and "batch_sise" in line
+
+
+def test_override_of_the_wrong_type(capsys):
+    line = _error_line(capsys, ["fit", "--recipe", "clip_tiny", "--data.batch_size", "sixteen"])
+    assert "data.batch_size" in line and "sixteen" in line
+
+
+def test_shard_path_matching_no_file(capsys, tmp_path):
+    line = _error_line(capsys, ["fit", "--recipe", "clip_tiny", "--data.train_shards", f"{tmp_path}/x-{{0..3}}.tar"])
+    assert line == f"vlp: error: shard path '{tmp_path}/x-{{0..3}}.tar' matches no file"
+
+
+def test_tokenizer_longer_than_the_text_tower(capsys):
+    line = _error_line(capsys, ["fit", "--recipe", "clip_tiny", *TINY, "--model.text_tower.context_length", "8",
+                                "--trainer.max_steps", "1", "--trainer.logger", "false"])
+    assert line == "vlp: error: data.context_length 16 exceeds model.text_tower.context_length 8"
+
+
+def test_overrides_and_print_config(capsys):
+    main(["fit", "--recipe", "clip_tiny", "--trainer.max_steps", "50", "--model.text_tower.width", "32",
+          "--data.batch_size", "16", "--print_config"])
+    import yaml
+
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["trainer"]["max_steps"] == 50
+    assert cfg["model"]["text_tower"]["init_args"]["width"] == 32
+    assert cfg["data"]["batch_size"] == 16
+    assert cfg["model"]["image_tower"]["init_args"]["image_size"] == cfg["data"]["image_size"]
+
+
+def test_recipe_given_as_a_yaml_path(tmp_path):
+    from vlp.recipes import recipes_root
+
+    path = tmp_path / "mine.yaml"
+    path.write_text(f"extends: {recipes_root() / 'clip_tiny.yaml'}\ndata: {{batch_size: 4}}\n")
+    cli = run_cli(["--recipe", str(path), *TINY, "--data.batch_size", "4", "--trainer.logger", "false"], run=False)
+    assert cli.datamodule.batch_size == 4
+
+
+def test_console_script_lists_recipes():
+    out = subprocess.run([sys.executable, "-m", "vlp.cli", "recipes"], capture_output=True, text=True, check=True)
+    names = [line.split()[0] for line in out.stdout.splitlines()]
+    assert "clip_tiny" in names and "clip_vit_b16" in names
+
+
+def test_fit_clip_tiny_end_to_end_prints_eval_checkpoint_and_logs(tmp_path, capsys):
+    main(["fit", "--recipe", "clip_tiny", *TINY, "--trainer.max_steps", "3",
+          "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])
+    out = capsys.readouterr().out
+    assert "emoji_google_test_retrieval" in out and "image_to_text_R@1" in out
+    assert "emoji_google_test_category" in out and "top1" in out
+    ckpt = next(line for line in out.splitlines() if line.startswith("checkpoint: ")).split(": ", 1)[1]
+    logs = next(line for line in out.splitlines() if line.startswith("logs: ")).split(": ", 1)[1]
+    assert ckpt.startswith(str(tmp_path)) and torch.load(ckpt, weights_only=False)["global_step"] == 3
+    assert (tmp_path / "clip_tiny").exists() and logs.startswith(str(tmp_path))
+    metrics = (next((tmp_path / "clip_tiny").glob("version_*")) / "metrics.csv").read_text()
+    assert "train/contrastive_loss" in metrics and "eval/emoji_google_test_retrieval/image_to_text_R@1" in metrics
+
+
+def test_clip_vit_b16_runs_a_step_on_cpu(tmp_path):
+    cli = run_cli(["fit", "--recipe", "clip_vit_b16", "--trainer.max_steps", "1", "--trainer.devices", "1",
+              "--trainer.strategy", "auto", "--trainer.accelerator", "cpu", "--data.batch_size", "2",
+              "--data.num_workers", "0", "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
+              "--trainer.callbacks", "[]", "--trainer.enable_progress_bar", "false",
+              "--trainer.default_root_dir", str(tmp_path)])
+    assert cli.trainer.global_step == 1
+    assert cli.model.image_tower.trunk.patch_embed.proj.kernel_size == (16, 16)
+    assert len(cli.model.text_tower.blocks) == 12 and cli.trainer.precision == "bf16-mixed"
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+
+
+@pytest.mark.slow
+def test_fit_on_two_cpu_processes(tmp_path):
+    """DDP with gloo through the real CLI: both ranks take the same number of steps."""
+    cmd = [sys.executable, "-m", "vlp.cli", "fit", "--recipe", "clip_tiny", *TINY, "--trainer.max_steps", "3",
+           "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+           "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    ckpt = next(line for line in out.stdout.splitlines() if line.startswith("checkpoint: ")).split(": ", 1)[1]
+    assert torch.load(ckpt, weights_only=False)["global_step"] == 3

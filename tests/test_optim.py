@@ -1,0 +1,45 @@
+import math
+
+import torch
+
+from vlp.optim import OptimConfig, build_optimizer, lr_factor, param_groups
+
+
+def test_no_weight_decay_on_biases_norms_scalars_and_frozen(tiny_module):
+    module = tiny_module
+    module.text_tower.token_embedding.weight.requires_grad_(False)
+    decay, no_decay = param_groups(module, 0.2)
+    decay_ids = {id(p) for p in decay["params"]}
+    no_decay_ids = {id(p) for p in no_decay["params"]}
+    named = dict(module.named_parameters())
+    assert id(named["objectives.0.logit_scale"]) in no_decay_ids
+    assert id(named["text_tower.ln_final.weight"]) in no_decay_ids
+    assert id(named["text_tower.blocks.0.attn.qkv.bias"]) in no_decay_ids
+    assert id(named["image_tower.trunk.cls_token"]) in no_decay_ids  # timm's no_weight_decay()
+    assert id(named["image_tower.trunk.pos_embed"]) in no_decay_ids
+    assert id(named["text_tower.blocks.0.attn.qkv.weight"]) in decay_ids
+    assert id(named["text_tower.token_embedding.weight"]) not in decay_ids | no_decay_ids
+    assert decay["weight_decay"] == 0.2 and no_decay["weight_decay"] == 0.0
+
+
+def test_warmup_then_cosine_matches_open_clip_formula():
+    warmup, total = 10, 110
+    assert lr_factor(0, warmup, total, "cosine") == 1 / 10
+    assert lr_factor(9, warmup, total, "cosine") == 1.0
+    assert lr_factor(10, warmup, total, "cosine") == 1.0
+    assert math.isclose(lr_factor(60, warmup, total, "cosine"), 0.5)
+    assert math.isclose(lr_factor(110, warmup, total, "cosine"), 0.0, abs_tol=1e-12)
+    assert lr_factor(50, warmup, total, "constant") == 1.0
+
+
+def test_scheduler_drives_the_optimizer_lr(tiny_module):
+    opt, sched = build_optimizer(tiny_module, OptimConfig(lr=1e-3, warmup_steps=4), total_steps=20)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert [round(x, 6) for x in lrs[:5]] == [0.00025, 0.0005, 0.00075, 0.001, 0.001]
+    assert lrs[5] < 1e-3
+    assert opt.defaults["betas"] == (0.9, 0.98) and opt.defaults["eps"] == 1e-6
+    assert isinstance(opt, torch.optim.AdamW)
