@@ -48,6 +48,7 @@ class EvalTasks(Callback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.at_end:
             return
+        log_dir = trainer.log_dir  # a collective under DDP: every rank asks
         self.results = self._run(trainer, pl_module)
         if not self.results:
             return
@@ -57,7 +58,7 @@ class EvalTasks(Callback):
                               if k.endswith(("R@1", "R@5", "top1")))
             lines.append(f"  {r['task']:<34} {shown}")
         print("\n".join(lines), flush=True)
-        if trainer.log_dir:
-            out = Path(trainer.log_dir) / "eval.json"
+        if log_dir:
+            out = Path(log_dir) / "eval.json"
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps({"step": trainer.global_step, "results": self.results}, indent=2))

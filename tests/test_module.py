@@ -30,7 +30,7 @@ def _batch(n=8, seed=0):
 class _Logs:
     def __init__(self, module):
         self.values = {}
-        module.log = lambda name, value, **kw: self.values.__setitem__(name, float(value))
+        module.log = lambda name, value, **kw: self.values.__setitem__(name, float(value.detach() if torch.is_tensor(value) else value))
 
 
 def test_total_is_weighted_sum_and_each_objective_is_logged(tiny_module):
@@ -73,8 +73,8 @@ def test_loss_decreases_when_fitting_a_fixed_batch(tiny_module):
 
     original = module.training_step
 
-    def step(b, i):
-        loss = original(b, i)
+    def step(batch, batch_idx):
+        loss = original(batch, batch_idx)
         losses.append(loss.item())
         return loss
 

@@ -97,3 +97,16 @@ def test_hf_text_tower_mean_pooling_ignores_padding():
 def test_hf_text_tower_needs_a_source():
     with pytest.raises(VLPError, match="exactly one of path"):
         HFTextTower()
+
+
+def test_clip_init_follows_open_clip_vision_transformer():
+    kwargs = dict(patch_size=8, embed_dim=64, depth=2, num_heads=2)
+    torch.manual_seed(0)
+    tower = TimmImageTower("vit_tiny_patch16_224", embed_dim=16, image_size=32, model_kwargs=kwargs, init="clip")
+    trunk = tower.trunk
+    assert abs(trunk.pos_embed.std().item() - 64**-0.5) < 0.02
+    assert abs(trunk.cls_token.std().item() - 64**-0.5) < 0.05
+    fc1 = trunk.blocks[0].mlp.fc1.weight  # PyTorch default: uniform within 1/sqrt(fan_in)
+    assert fc1.abs().max() <= 64**-0.5 + 1e-6 and fc1.std() > 0.03
+    timm_default = TimmImageTower("vit_tiny_patch16_224", embed_dim=16, image_size=32, model_kwargs=kwargs)
+    assert timm_default.trunk.blocks[0].mlp.fc1.weight.std() < 0.025  # timm: trunc normal 0.02

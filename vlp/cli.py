@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -23,17 +24,27 @@ import yaml
 from vlp.errors import VLPError
 
 
-def _one_line(message: str) -> str:
-    """jsonargparse's messages nest the reasons of every union member; keep the gist."""
+def _one_line(message: str, argv: list[str] = ()) -> str:
+    """jsonargparse's messages nest the reasons of every union member; keep the gist,
+    and name the command-line option where jsonargparse names only the last part."""
     lines = [ln.strip() for ln in str(message).splitlines() if ln.strip()]
     if not lines:
         return "invalid arguments"
-    head = lines[0]
-    detail = next((ln for ln in lines[1:] if "Expected" in ln or "Got value" in ln or "not" in ln.lower()), "")
-    return f"{head} {detail}".strip() if detail and detail not in head else head
+    head = lines[0].rstrip(":")
+    if any("Does not validate against any of the Union subtypes" in ln for ln in lines):
+        reasons = [ln[2:] for ln in lines if ln.startswith("- ") and "NoneType" not in ln]
+        if reasons:
+            return f"{head}: {reasons[0]}"
+    unknown = re.match(r"Option '([^']+)' is not accepted", head)
+    if unknown:
+        given = [a.split("=", 1)[0] for a in argv if a.split("=", 1)[0].endswith("." + unknown.group(1))]
+        return f"unknown option {given[0] if given else unknown.group(1)}: no such key"
+    if len(lines) > 1 and head.startswith("Parser key"):
+        return f"{head}: {lines[1]}"
+    return head
 
 
-def _make_cli_class():
+def _make_cli_class(argv: list[str]):
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
     from vlp.data.datamodule import VLPDataModule
@@ -41,7 +52,7 @@ def _make_cli_class():
 
     class VLPArgumentParser(LightningArgumentParser):
         def error(self, message: str, ex: Exception | None = None):
-            raise VLPError(_one_line(message))
+            raise VLPError(_one_line(message, argv))
 
     class VLPCLI(LightningCLI):
         def init_parser(self, **kwargs) -> LightningArgumentParser:
@@ -53,12 +64,13 @@ def _make_cli_class():
 
         def after_fit(self) -> None:
             trainer = self.trainer
+            log_dir = trainer.log_dir  # a collective under DDP: every rank asks
             if trainer.global_rank != 0:
                 return
             ckpt = trainer.checkpoint_callback
             path = ckpt and (ckpt.last_model_path or ckpt.best_model_path)
             print(f"checkpoint: {path or 'none (no ModelCheckpoint callback)'}")
-            print(f"logs: {trainer.log_dir}")
+            print(f"logs: {log_dir}")
 
     return VLPCLI, VLPArgumentParser, VLPModule, VLPDataModule
 
@@ -134,7 +146,7 @@ def run_cli(argv: list[str], run: bool = True):
         atexit.register(os.unlink, merged.name)
         at = 1 if run else 0
         rest = [*rest[:at], "--config", merged.name, *rest[at:]]
-    VLPCLI, VLPArgumentParser, VLPModule, VLPDataModule = _make_cli_class()
+    VLPCLI, VLPArgumentParser, VLPModule, VLPDataModule = _make_cli_class(rest)
     return VLPCLI(
         VLPModule,
         VLPDataModule,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import timm
 import torch
@@ -12,6 +12,18 @@ from torch import nn
 
 from vlp.errors import VLPError
 from vlp.towers.projection import Projection, make_projection
+
+
+@torch.no_grad()
+def clip_init(model: nn.Module, width: int) -> None:
+    """open_clip's VisionTransformer initialisation on a timm model (see TimmImageTower)."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            module.reset_parameters()
+    for name in ("cls_token", "pos_embed"):
+        param = getattr(model, name, None)
+        if isinstance(param, nn.Parameter):
+            nn.init.normal_(param, std=width**-0.5)
 
 
 class TimmImageTower(nn.Module):
@@ -28,6 +40,10 @@ class TimmImageTower(nn.Module):
         global_pool: timm's pooling option; None = the model's default.
         proj: ``linear`` (CLIP), ``mlp`` or ``none``.
         pretrained_path: a local timm checkpoint file (nothing is downloaded).
+        init: ``timm`` keeps timm's initialisation (truncated normal 0.02 for ViTs);
+            ``clip`` re-initialises as open_clip's VisionTransformer: PyTorch's default
+            init for linear and convolution layers, class token and position
+            embedding N(0, width^-0.5). Ignored when pretrained weights are loaded.
         model_kwargs: extra keyword arguments for ``timm.create_model``
             (``depth``, ``embed_dim``, ``num_heads``, ``patch_size``, ``drop_path_rate``, ...).
 
@@ -43,6 +59,7 @@ class TimmImageTower(nn.Module):
         proj: Projection = "linear",
         pretrained_path: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
+        init: Literal["timm", "clip"] = "timm",
     ):
         super().__init__()
         kwargs = dict(model_kwargs or {})
@@ -64,6 +81,8 @@ class TimmImageTower(nn.Module):
         except TypeError as e:
             raise VLPError(f"timm model '{model_name}' rejects its arguments {sorted(kwargs)}: {e}") from None
         self.width = self.trunk.num_features
+        if init == "clip" and pretrained_path is None:
+            clip_init(self.trunk, self.width)
         self.proj = make_projection(proj, self.width, embed_dim)
         self.embed_dim = embed_dim
 
