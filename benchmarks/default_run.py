@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-KEYS = [
-    ("emoji_google_test_retrieval", "image_to_text_R@1"),
-    ("emoji_google_test_retrieval", "image_to_text_R@5"),
-    ("emoji_twitter_test_retrieval", "image_to_text_R@1"),
-    ("emoji_twitter_test_retrieval", "image_to_text_R@5"),
-    ("emoji_google_test_category", "top1"),
+KEYS = [  # (task, metric, column)
+    ("emoji_google_test_retrieval", "image_to_text_R@1", "google test i->t R@1"),
+    ("emoji_google_test_retrieval", "image_to_text_R@5", "google test i->t R@5"),
+    ("emoji_twitter_test_retrieval", "image_to_text_R@1", "twitter test i->t R@1"),
+    ("emoji_twitter_test_retrieval", "image_to_text_R@5", "twitter test i->t R@5"),
+    ("emoji_google_test_category", "top1", "google test category top1"),
 ]
 
 
@@ -61,13 +61,12 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if not out.exists():
-        head = " | ".join(["recipe", "overrides", "wall s", "steps"] + [f"{t.split('_')[1]} {t.split('_')[2]} {m}"
-                                                                          for t, m in KEYS])
+        head = " | ".join(["recipe", "overrides", "wall s", "steps"] + [column for _, _, column in KEYS])
         out.write_text(f"| {head} |\n|{' --- |' * (4 + len(KEYS))}\n")
     for _ in range(args.runs):
         r = one_run(args.recipe, extra)
         cells = [args.recipe, " ".join(extra) or "-", f"{r['seconds']:.0f}", str(r["step"])]
-        cells += [f"{100 * r['metrics'][t][m]:.1f}%" for t, m in KEYS]
+        cells += [f"{100 * r['metrics'][t][m]:.1f}%" for t, m, _ in KEYS]
         with out.open("a") as f:
             f.write("| " + " | ".join(cells) + " |\n")
         print(" | ".join(cells), flush=True)

@@ -110,3 +110,12 @@ def test_clip_init_follows_open_clip_vision_transformer():
     assert fc1.abs().max() <= 64**-0.5 + 1e-6 and fc1.std() > 0.03
     timm_default = TimmImageTower("vit_tiny_patch16_224", embed_dim=16, image_size=32, model_kwargs=kwargs)
     assert timm_default.trunk.blocks[0].mlp.fc1.weight.std() < 0.025  # timm: trunc normal 0.02
+
+
+def test_clip_init_attention_and_projection():
+    kwargs = dict(patch_size=8, embed_dim=64, depth=1, num_heads=2)
+    tower = TimmImageTower("vit_tiny_patch16_224", embed_dim=32, image_size=32, model_kwargs=kwargs, init="clip")
+    attn = tower.trunk.blocks[0].attn
+    assert attn.qkv.bias.abs().sum() == 0 and attn.proj.bias.abs().sum() == 0
+    assert attn.qkv.weight.abs().max() <= (6 / (64 + 192)) ** 0.5 + 1e-6  # xavier-uniform bound
+    assert abs(tower.proj.weight.std().item() - 64**-0.5) < 0.02

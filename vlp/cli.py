@@ -12,6 +12,7 @@ User errors print one line ``vlp: error: ...`` and exit with status 2.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import re
 import sys
@@ -158,6 +159,13 @@ def run_cli(argv: list[str], run: bool = True):
     )
 
 
+class _DropAdvert(logging.Filter):
+    """Lightning advertises cloud services at every start; vlp runs offline."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "💡 Tip:" not in record.getMessage()
+
+
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -166,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     # Known and handled: the stream gives every worker its own shards and a fixed length.
     warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvert())
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         run_cli(argv)

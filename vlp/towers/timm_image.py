@@ -20,6 +20,14 @@ def clip_init(model: nn.Module, width: int) -> None:
     for module in model.modules():
         if isinstance(module, (nn.Linear, nn.Conv2d)):
             module.reset_parameters()
+    for module in model.modules():
+        # attention as torch's nn.MultiheadAttention: xavier-uniform in-projection, zero biases
+        qkv, out = getattr(module, "qkv", None), getattr(module, "proj", None)
+        if isinstance(qkv, nn.Linear) and isinstance(out, nn.Linear):
+            nn.init.xavier_uniform_(qkv.weight)
+            for bias in (qkv.bias, out.bias):
+                if bias is not None:
+                    nn.init.zeros_(bias)
     for name in ("cls_token", "pos_embed"):
         param = getattr(model, name, None)
         if isinstance(param, nn.Parameter):
@@ -42,8 +50,9 @@ class TimmImageTower(nn.Module):
         pretrained_path: a local timm checkpoint file (nothing is downloaded).
         init: ``timm`` keeps timm's initialisation (truncated normal 0.02 for ViTs);
             ``clip`` re-initialises as open_clip's VisionTransformer: PyTorch's default
-            init for linear and convolution layers, class token and position
-            embedding N(0, width^-0.5). Ignored when pretrained weights are loaded.
+            init for linear and convolution layers, attention as nn.MultiheadAttention
+            (xavier-uniform in-projection, zero biases), class token, position
+            embedding and projection N(0, width^-0.5). Ignored with pretrained weights.
         model_kwargs: extra keyword arguments for ``timm.create_model``
             (``depth``, ``embed_dim``, ``num_heads``, ``patch_size``, ``drop_path_rate``, ...).
 
@@ -81,9 +90,11 @@ class TimmImageTower(nn.Module):
         except TypeError as e:
             raise VLPError(f"timm model '{model_name}' rejects its arguments {sorted(kwargs)}: {e}") from None
         self.width = self.trunk.num_features
+        self.proj = make_projection(proj, self.width, embed_dim)
         if init == "clip" and pretrained_path is None:
             clip_init(self.trunk, self.width)
-        self.proj = make_projection(proj, self.width, embed_dim)
+            if isinstance(self.proj, nn.Linear):
+                nn.init.normal_(self.proj.weight, std=self.width**-0.5)
         self.embed_dim = embed_dim
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
