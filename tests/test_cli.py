@@ -59,7 +59,7 @@ def test_tokenizer_longer_than_the_text_tower(capsys):
 def test_overrides_and_print_config(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--recipe", "clip_tiny", "--trainer.max_steps", "50", "--model.text_tower.width", "32",
-              "--data.batch_size", "16", "--print_config"])
+              "--data.batch_size", "16", "--data.image_size", "48", "--print_config"])
     assert exit_info.value.code == 0
     import yaml
 
@@ -67,7 +67,8 @@ def test_overrides_and_print_config(capsys):
     assert cfg["trainer"]["max_steps"] == 50
     assert cfg["model"]["text_tower"]["init_args"]["width"] == 32
     assert cfg["data"]["batch_size"] == 16
-    assert cfg["model"]["image_tower"]["init_args"]["image_size"] == cfg["data"]["image_size"]
+    # the recipe's ${data.image_size} interpolation follows the command-line value
+    assert cfg["model"]["image_tower"]["init_args"]["image_size"] == cfg["data"]["image_size"] == 48
 
 
 def test_recipe_given_as_a_yaml_path(tmp_path):
