@@ -63,13 +63,11 @@ class VLPDataModule(LightningDataModule):
         self.train_num_samples = train_num_samples
         self.caption_key = caption_key
 
-    def _world(self) -> tuple[int, int]:
-        if self.trainer is not None:
-            return self.trainer.global_rank, self.trainer.world_size
-        return 0, 1
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
 
     def train_dataloader(self) -> DataLoader:
-        _, world = self._world()
+        world = self._world_size()
         workers = max(1, self.num_workers)
         if not self.resampled and len(self.shards) < world * workers:
             raise VLPError(
