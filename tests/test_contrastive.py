@@ -105,6 +105,9 @@ def _rank_main(rank, world, init_file, out_dir):
     if rank == 0:
         torch.save({"loss": torch.stack(losses).mean(),
                     "grads": {n: p.grad for n, p in model.module.named_parameters()}}, os.path.join(out_dir, "r.pt"))
+    # tear down in order: the DDP reducer before the group, both ranks past their work
+    del model, loss
+    dist.barrier()
     dist.destroy_process_group()
 
 

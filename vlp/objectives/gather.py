@@ -12,15 +12,32 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+class _AllGatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums, over ranks, the gradients of this rank's slice."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        rank, world = rank_and_world()
+        ctx.rank, ctx.batch = rank, x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # every rank's loss depends on every slice
+        return grad[ctx.rank * ctx.batch : (ctx.rank + 1) * ctx.batch]
+
+
 def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x [B, ...]`` of every rank along dim 0, differentiably.
 
-    The backward pass sums the gradients of all ranks into each rank's slice
-    (torch.distributed.nn), which is what the local-loss form needs.
+    The backward pass gives each rank the sum over ranks of the gradients with
+    respect to its own slice, which is what the local-loss form needs (as
+    torch.distributed.nn's all_gather). Every rank must pass the same ``B``.
     """
     _, world = rank_and_world()
     if world == 1:
         return x
-    import torch.distributed.nn.functional as dist_fn
-
-    return torch.cat(dist_fn.all_gather(x), dim=0)
+    return _AllGatherWithGrad.apply(x)
