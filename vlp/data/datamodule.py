@@ -63,6 +63,12 @@ class VLPDataModule(LightningDataModule):
         self.train_num_samples = train_num_samples
         self.caption_key = caption_key
 
+    def _epoch_samples(self) -> int:
+        """Samples per epoch; the shard index is read once, not at every train_dataloader call."""
+        if self.train_num_samples is None:
+            self.train_num_samples = sum(count_samples(s) for s in self.shards)
+        return self.train_num_samples
+
     def _world_size(self) -> int:
         return self.trainer.world_size if self.trainer is not None else 1
 
@@ -74,7 +80,7 @@ class VLPDataModule(LightningDataModule):
                 f"{len(self.shards)} shards cannot feed {world} ranks x {workers} workers: "
                 "lower data.num_workers, write more shards, or set data.resampled true"
             )
-        total = self.train_num_samples or sum(count_samples(s) for s in self.shards)
+        total = self._epoch_samples()
         per_worker = total // (world * workers * self.batch_size)
         if per_worker < 1:
             raise VLPError(
