@@ -7,42 +7,50 @@ from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from vlp.eval.tasks import load_task, run_task
+from vlp.eval.tasks import load_task, run_task, task_summary
 
 
 class EvalTasks(Callback):
-    """Evaluate built-in or YAML-defined tasks (see vlp.eval.tasks).
+    """Evaluate built-in or YAML-defined tasks (see vlp.eval.tasks; `vlp eval --list`).
 
     Args:
         tasks: task names (``emoji_google_test_retrieval``) or task YAML paths.
         every_n_steps: also evaluate every N optimiser steps (None = only at the end).
         at_end: evaluate when training ends, print a summary and write
             ``eval.json`` into the log directory.
-        batch_size: eval batch size.
+        batch_size: eval batch size per rank.
+        num_workers: data workers per rank for eval (None = the DataModule's).
 
-    Metrics are logged as ``eval/<task>/<metric>``. Runs on rank 0.
+    On several ranks every rank embeds its share of each eval set and the embeddings are
+    gathered, so the metrics equal those of one process. They are logged (from rank 0) as
+    ``eval/<task>/<metric>``.
     """
 
     def __init__(self, tasks: list[str], every_n_steps: int | None = None, at_end: bool = True,
-                 batch_size: int = 256):
+                 batch_size: int = 256, num_workers: int | None = None):
         self.tasks = [load_task(t) for t in tasks]
         self.every_n_steps = every_n_steps
         self.at_end = at_end
         self.batch_size = batch_size
+        self.num_workers = num_workers
         self.results: list[dict] = []
+        self._last_step = -1
 
     def _run(self, trainer: Trainer, module: LightningModule) -> list[dict]:
-        if trainer.global_rank != 0:
-            return []
-        results = [run_task(module, task, trainer.datamodule, self.batch_size) for task in self.tasks]
-        metrics = {f"eval/{r['task']}/{k}": v for r in results for k, v in r["metrics"].items()}
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+        data = trainer.datamodule.eval_data(self.num_workers)
+        results = [run_task(module, task, data, self.batch_size, trainer.global_rank, trainer.world_size,
+                            autocast=trainer.precision_plugin.forward_context)
+                   for task in self.tasks]
+        if trainer.global_rank == 0:
+            metrics = {f"eval/{r['task']}/{k}": v for r in results for k, v in r["metrics"].items()}
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
         return results
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if self.every_n_steps and step % self.every_n_steps == 0 and step > 0:
+        step = trainer.global_step  # once per optimiser step, also under gradient accumulation
+        if self.every_n_steps and step % self.every_n_steps == 0 and step > 0 and step != self._last_step:
+            self._last_step = step
             self._run(trainer, pl_module)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -50,13 +58,11 @@ class EvalTasks(Callback):
             return
         log_dir = trainer.log_dir  # a collective under DDP: every rank asks
         self.results = self._run(trainer, pl_module)
-        if not self.results:
+        if trainer.global_rank != 0:
             return
         lines = ["", "evaluation after step %d:" % trainer.global_step]
         for r in self.results:
-            shown = "  ".join(f"{k} {100 * v:.1f}%" for k, v in r["metrics"].items()
-                              if k.endswith(("R@1", "R@5", "top1")))
-            lines.append(f"  {r['task']:<34} {shown}")
+            lines.append(f"  {r['task']:<40} {task_summary(r)}")
         print("\n".join(lines), flush=True)
         if log_dir:
             out = Path(log_dir) / "eval.json"

@@ -1,5 +1,7 @@
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,3 +123,13 @@ def test_fit_on_two_cpu_processes(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     ckpt = next(line for line in out.stdout.splitlines() if line.startswith("checkpoint: ")).split(": ", 1)[1]
     assert torch.load(ckpt, weights_only=False)["global_step"] == 3
+    # the end-of-run evaluation was sharded over the two ranks; it equals one process's
+    logs = next(line for line in out.stdout.splitlines() if line.startswith("logs: ")).split(": ", 1)[1]
+    sharded = {r["task"]: r for r in json.loads((Path(logs) / "eval.json").read_text())["results"]}
+    main(["eval", "--ckpt", ckpt, "--out", str(tmp_path / "single"), *[a for t in sharded for a in ("--task", t)]])
+    files = sorted((tmp_path / "single").glob("*.json"))
+    assert len(files) == len(sharded) == 5
+    for f in files:
+        single = json.loads(f.read_text())
+        assert single["num_samples"] == sharded[single["task"]]["num_samples"]
+        assert single["metrics"] == pytest.approx(sharded[single["task"]]["metrics"], abs=1e-6), single["task"]

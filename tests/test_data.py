@@ -89,14 +89,6 @@ def test_too_few_shards_for_workers_is_a_clear_error(tmp_path):
         dm.train_dataloader()
 
 
-def test_eval_stream_keeps_order_and_partial_batch():
-    dm = VLPDataModule(image_size=32, batch_size=100)
-    batches = list(dm.eval_stream("builtin:emoji/google/test-*.tar", meta_fields=("category",)))
-    assert [len(b["caption"]) for b in batches] == [100, 100, 100, 85]
-    keys = [k for k, _ in read_samples(expand_shards("builtin:emoji/google/test-*.tar"))]
-    assert len(keys) == 385 and len(batches[0]["category"]) == 100
-
-
 def test_reshard_keeps_every_member(tmp_path):
     from vlp.data.shard_writer import reshard
 

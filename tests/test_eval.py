@@ -1,5 +1,18 @@
+import json
+import os
+
+import pytest
 import torch
+import torch.multiprocessing as mp
 import torch.nn.functional as F
+
+from vlp.data.shard_writer import write_shard
+from vlp.data.tokenizer import TextTokenizer
+from vlp.errors import VLPError
+from vlp.eval.features import EvalData, EvalStream, extract_features
+from vlp.eval.probe import (LinearHead, few_shot, fit_logistic_regression, linear_probe, sample_shots,
+                            text_init_head)
+from vlp.eval.templates import IMAGENET80, fill, resolve_templates
 
 from vlp.eval.retrieval import retrieval_metrics
 from vlp.eval.tasks import load_task, run_task
@@ -60,7 +73,7 @@ def test_zeroshot_classifier_is_renormalised_mean_of_template_embeddings():
 def test_builtin_task_runs_on_the_emoji_data(tiny_module):
     from vlp.data.datamodule import VLPDataModule
 
-    data = VLPDataModule(image_size=32, context_length=16)
+    data = VLPDataModule(image_size=32, context_length=16).eval_data()
     task = load_task("emoji_google_test_category")
     assert task.label_field == "category" and len(task.classnames) == 9
     result = run_task(tiny_module, task, data, batch_size=128)
@@ -71,10 +84,211 @@ def test_builtin_task_runs_on_the_emoji_data(tiny_module):
 
 
 def test_task_file_with_unknown_key_is_refused(tmp_path):
-    import pytest
-
-    from vlp.errors import VLPError
-
     (tmp_path / "t.yaml").write_text("kind: retrieval\nshards: x.tar\nlabel_feild: category\n")
     with pytest.raises(VLPError, match="unknown keys \\['label_feild'\\]"):
         load_task(str(tmp_path / "t.yaml"))
+
+
+def test_classification_metrics_agree_with_torchmetrics():
+    from torchmetrics.functional.classification import multiclass_accuracy
+
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(200, 7, generator=g)
+    labels = torch.randint(0, 7, (200,), generator=g)
+    m = classification_metrics(logits, labels)
+    assert m["top1"] == pytest.approx(multiclass_accuracy(logits, labels, 7, average="micro").item())
+    assert m["top5"] == pytest.approx(multiclass_accuracy(logits, labels, 7, average="micro", top_k=5).item())
+    assert m["mean_per_class_recall"] == pytest.approx(
+        multiclass_accuracy(logits, labels, 7, average="macro").item())
+
+
+def test_template_sets_and_files(tmp_path):
+    assert len(IMAGENET80) == len(set(IMAGENET80)) == 80 and all("{}" in t for t in IMAGENET80)
+    assert fill("a photo of a {c}.", "cat") == "a photo of a cat." == fill("a photo of a {}.", "cat")
+    (tmp_path / "t.txt").write_text("a {} here\n\nan {c} there\n")
+    assert resolve_templates("t.txt", tmp_path) == ["a {} here", "an {c} there"]
+    with pytest.raises(VLPError, match="has no"):
+        resolve_templates(["no slot"])
+    with pytest.raises(VLPError, match="neither a template set"):
+        resolve_templates("imagenet81")
+
+
+def test_every_builtin_task_loads():
+    from vlp.eval.tasks import builtin_tasks
+
+    names = builtin_tasks()
+    for split in ("google_test", "twitter_train", "twitter_test"):
+        for what in ("retrieval", "category", "subcategory"):
+            assert f"emoji_{split}_{what}" in names
+    for lang in ("zh", "ja", "de", "fr"):
+        assert f"emoji_google_test_retrieval_{lang}" in names
+    kinds = {load_task(n).kind for n in names}
+    assert kinds == {"retrieval", "zeroshot", "linear_probe", "few_shot"}
+    assert len(load_task("emoji_google_test_subcategory").classnames) == 98
+
+
+def test_task_fields_are_checked(tmp_path):
+    (tmp_path / "a.yaml").write_text("kind: linear_probe\nshards: x.tar\nlabel_field: y\n")
+    with pytest.raises(VLPError, match="needs train_shards"):
+        load_task(str(tmp_path / "a.yaml"))
+    (tmp_path / "b.yaml").write_text("kind: zeroshot\nshards: x.tar\n")
+    with pytest.raises(VLPError, match="needs label_field"):
+        load_task(str(tmp_path / "b.yaml"))
+    with pytest.raises(VLPError, match="unknown eval task 'emoji_google_test_retreival'; close: "):
+        load_task("emoji_google_test_retreival")
+
+
+def _shard(path, n, captions=True):
+    """``n`` samples: a coloured image, a caption and json with a label and multilingual labels."""
+    import io
+
+    from PIL import Image
+
+    samples = []
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16), (20 * i % 255, 40, 200)).save(buf, format="PNG")
+        meta = {"label": f"c{i % 3}", "labels": {"en": f"thing {i}", "de": f"ding {i}"}, "tags": [f"t{i}", "x"]}
+        sample = {"png": buf.getvalue(), "json": json.dumps(meta).encode()}
+        if captions:
+            sample["txt"] = f"caption {i}".encode()
+        samples.append((f"{i:05d}", sample))
+    write_shard(path, samples)
+    return str(path)
+
+
+def test_eval_stream_splits_samples_between_readers_without_overlap(tmp_path):
+    shards = [_shard(tmp_path / "a.tar", 7), _shard(tmp_path / "b.tar", 6)]
+    seen = []
+    for rank in range(3):
+        stream = EvalStream(shards, lambda im: torch.zeros(1), TextTokenizer(context_length=8), 2,
+                            captions=["txt", "tags"], label_field="label", rank=rank, world=3)
+        for batch in stream:
+            seen += batch["index"].tolist()
+            # every sample brings its caption and its two tags, owned by that sample
+            assert batch["text_owner"].tolist() == [i for i in batch["index"].tolist() for _ in range(3)]
+            assert batch["text"].shape[0] == 3 * len(batch["index"])
+    assert sorted(seen) == list(range(13))
+
+
+def test_missing_caption_field_is_a_clear_error(tmp_path):
+    shard = _shard(tmp_path / "a.tar", 3, captions=False)
+    stream = EvalStream([shard], lambda im: torch.zeros(1), TextTokenizer(context_length=8), 2, captions=["txt"])
+    with pytest.raises(VLPError, match="field 'txt' not found"):
+        list(stream)
+
+
+def test_multilingual_and_multi_caption_retrieval(tiny_module, tmp_path):
+    shard = _shard(tmp_path / "a.tar", 10)
+    data = EvalData(TextTokenizer(context_length=16), 32)
+    feats = extract_features(tiny_module, [shard], data, captions=["labels.en", "labels.de"], batch_size=4)
+    assert feats.image.shape[0] == 10 and feats.text.shape[0] == 20
+    assert feats.text_owner.tolist() == [i // 2 for i in range(20)]
+    # the German caption of sample 3 is embedded as the text "ding 3"
+    ref = tiny_module.encode_text(TextTokenizer(context_length=16)(["ding 3"]))
+    assert torch.allclose(feats.text[7], ref[0], atol=1e-5)
+
+
+def test_logistic_regression_reaches_its_optimum():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 5, generator=g)
+    y = (x @ torch.randn(5, 3, generator=g)).argmax(1)
+    w, b = fit_logistic_regression(x, y, 3, weight_decay=1e-2)
+    w, b = w.double().requires_grad_(), b.double().requires_grad_()
+    loss = F.cross_entropy(x.double() @ w.T + b, y) + 0.5 * 1e-2 * w.pow(2).sum()
+    gw, gb = torch.autograd.grad(loss, [w, b])
+    assert gw.abs().max() < 1e-4 and gb.abs().max() < 1e-4  # stationary point of a convex loss
+    assert ((x @ w.detach().float().T + b.detach().float()).argmax(1) == y).float().mean() > 0.9
+
+
+def test_linear_probe_picks_the_weight_decay_by_validation():
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(4, 6, generator=g) * 2
+    y = torch.randint(0, 4, (200,), generator=g)
+    x = centers[y] + torch.randn(200, 6, generator=g)
+    metrics, details = linear_probe(x[:150], y[:150], x[150:], y[150:], 4, [1e-4, 1e-2, 10.0])
+    assert set(details["val_top1"]) == {"0.0001", "0.01", "10.0"}
+    assert details["val_top1"][str(details["weight_decay"])] == max(details["val_top1"].values())
+    assert metrics["top1"] > 0.7
+
+
+def test_sample_shots_takes_k_per_class_reproducibly():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 2])
+    idx = sample_shots(labels, 2, seed=1)
+    assert torch.bincount(labels[idx]).tolist() == [2, 2, 2]
+    assert torch.equal(idx, sample_shots(labels, 2, seed=1))
+    assert torch.bincount(labels[sample_shots(labels, 4, seed=0)]).tolist() == [3, 2, 4]
+
+
+def test_class_name_head_is_the_zeroshot_classifier_before_training():
+    g = torch.Generator().manual_seed(0)
+    classifier = F.normalize(torch.randn(5, 8, generator=g), dim=-1)
+    x = F.normalize(torch.randn(30, 8, generator=g), dim=-1)
+    head = text_init_head(classifier, logit_scale=30.0)
+    assert torch.allclose(head(x), 30.0 * x @ classifier.T, atol=1e-6)
+    # few-shot with 0 steps: the text-initialised head scores exactly the zero-shot accuracy
+    y = torch.randint(0, 5, (30,), generator=g)
+    m, _ = few_shot(x, y, x, y, classifier, 30.0, shots=[1], seeds=2, inits=["text", "random"], steps=0,
+                    lr=1e-2, weight_decay=0.0)
+    assert m["text_1shot_top1"] == m["zeroshot_top1"] and m["text_1shot_top1_std"] == 0.0
+    # training on the shots moves the heads away from their start
+    m2, _ = few_shot(x, y, x, y, classifier, 30.0, shots=[5], seeds=1, inits=["text"], steps=50, lr=1e-2,
+                     weight_decay=0.0)
+    assert m2["text_5shot_top1"] > m["zeroshot_top1"]
+    assert isinstance(LinearHead(8, 5, 1.0, generator=g).weight, torch.nn.Parameter)
+
+
+def _tiny(seed=0):
+    from vlp.module import VLPModule
+    from vlp.objectives import ContrastiveLoss
+    from vlp.towers import TextTransformer, TimmImageTower
+
+    torch.manual_seed(seed)
+    image = TimmImageTower("vit_tiny_patch16_224", embed_dim=64, image_size=32,
+                           model_kwargs=dict(patch_size=8, embed_dim=64, depth=2, num_heads=2))
+    text = TextTransformer(context_length=16, width=64, layers=2, heads=2, embed_dim=64)
+    return VLPModule(image, text, [ContrastiveLoss()])
+
+
+def _sharded_tasks(tmp_path):
+    from vlp.eval.tasks import Task
+
+    test = "builtin:emoji/twitter/test-*.tar"
+    train = "builtin:emoji/twitter/train-*.tar"
+    return [
+        Task("r", "retrieval", test, captions=["txt", "labels.de"]),
+        Task("z", "zeroshot", test, label_field="subcategory", templates="emoji"),
+        Task("p", "linear_probe", test, label_field="category", train_shards=train, weight_decays=[1e-4, 1e-2]),
+        Task("f", "few_shot", test, label_field="category", train_shards=train, templates="emoji", shots=[2],
+             seeds=2, steps=10),
+    ]
+
+
+def _eval_rank(rank, world, init_file, out_dir):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    module = _tiny()
+    data = EvalData(TextTokenizer(context_length=16), 32)
+    results = [run_task(module, t, data, batch_size=64, rank=rank, world=world) for t in _sharded_tasks(out_dir)]
+    feats = extract_features(module, "builtin:emoji/twitter/test-*.tar", data, captions=["txt"], batch_size=64,
+                             rank=rank, world=world)
+    torch.save({"results": results, "image": feats.image, "text": feats.text}, os.path.join(out_dir, f"r{rank}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_sharded_eval_equals_single_process(tmp_path):
+    mp.spawn(_eval_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    module = _tiny()
+    data = EvalData(TextTokenizer(context_length=16), 32)
+    single = [run_task(module, t, data, batch_size=128) for t in _sharded_tasks(tmp_path)]
+    feats = extract_features(module, "builtin:emoji/twitter/test-*.tar", data, captions=["txt"], batch_size=128)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"r{rank}.pt", weights_only=False)
+        assert torch.allclose(got["image"], feats.image, atol=1e-5)
+        assert torch.allclose(got["text"], feats.text, atol=1e-5)
+        for mine, ref in zip(got["results"], single):
+            assert mine["num_samples"] == ref["num_samples"] == 385
+            assert mine["metrics"] == pytest.approx(ref["metrics"], abs=1e-6), mine["task"]

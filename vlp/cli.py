@@ -3,6 +3,7 @@
     vlp recipes                                   list the recipes
     vlp fit --recipe clip_tiny [--trainer.max_steps 50 --data.batch_size 16 ...]
     vlp fit --recipe path/to/recipe.yaml --print_config
+    vlp eval --ckpt PATH --task NAME [--task NAME ...]   (see vlp.eval.command)
 
 ``--recipe`` loads and merges the recipe (vlp.recipes) and hands it to LightningCLI
 as its first ``--config``; every later option overrides a recipe value.
@@ -45,7 +46,7 @@ def _one_line(message: str, argv: list[str] = ()) -> str:
     return head
 
 
-def _make_cli_class(argv: list[str]):
+def _make_cli_class(argv: list[str], recipe: str | None = None):
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
     from vlp.data.datamodule import VLPDataModule
@@ -62,6 +63,7 @@ def _make_cli_class(argv: list[str]):
 
         def before_fit(self) -> None:
             check_tokenizer(self.model, self.datamodule)
+            self.model.recipe = recipe
 
         def after_fit(self) -> None:
             trainer = self.trainer
@@ -130,6 +132,10 @@ def run_cli(argv: list[str], run: bool = True):
     """
     from vlp.recipes import list_recipes, load_recipe
 
+    if argv[:1] == ["eval"]:
+        from vlp.eval.command import eval_main
+
+        return eval_main(argv[1:])
     if argv[:1] == ["recipes"]:
         rows = list_recipes()
         width = max(len(n) for n, _ in rows)
@@ -147,7 +153,7 @@ def run_cli(argv: list[str], run: bool = True):
         atexit.register(os.unlink, merged.name)
         at = 1 if run else 0
         rest = [*rest[:at], "--config", merged.name, *rest[at:]]
-    VLPCLI, VLPArgumentParser, VLPModule, VLPDataModule = _make_cli_class(rest)
+    VLPCLI, VLPArgumentParser, VLPModule, VLPDataModule = _make_cli_class(rest, recipe)
     return VLPCLI(
         VLPModule,
         VLPDataModule,

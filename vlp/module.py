@@ -53,6 +53,10 @@ class VLPModule(LightningModule):
         self.text_tower = text_tower
         self.objectives = nn.ModuleList(objectives)
         self.optim = optim or OptimConfig()
+        self.recipe: str | None = None  # set by `vlp fit --recipe`, kept in checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["vlp"] = {"recipe": self.recipe}
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """``[B,3,H,W]`` -> L2-normalised ``[B,E]``."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch.utils.data import DataLoader
 
 from vlp.data.shards import count_samples, expand_shards
@@ -11,6 +12,7 @@ from vlp.data.stream import SampleDecoder, ShardStream
 from vlp.data.tokenizer import HFTokenizer, TextTokenizer
 from vlp.data.transforms import image_transform
 from vlp.errors import VLPError
+from vlp.eval.features import EvalData
 
 
 class VLPDataModule(LightningDataModule):
@@ -48,6 +50,10 @@ class VLPDataModule(LightningDataModule):
         caption_key: str = "txt",
     ):
         super().__init__()
+        # saved in checkpoints (as the recipe's values under the CLI) so that `vlp eval`
+        # rebuilds the tokenizer and eval image size of the run
+        built_by_cli = _given_hyperparameters.get() is not None
+        self.save_hyperparameters(ignore=None if built_by_cli else ["tokenizer"])
         if batch_size < 1:
             raise VLPError(f"data.batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
@@ -96,14 +102,9 @@ class VLPDataModule(LightningDataModule):
         stream.length = per_worker * workers
         return self._loader(stream)
 
-    def eval_stream(self, shards: str | list[str], meta_fields: tuple[str, ...] = (),
-                    caption_key: str | None = None, batch_size: int | None = None) -> DataLoader:
-        """One ordered pass over ``shards`` with eval transforms (no shuffle, partial last batch)."""
-        decode = SampleDecoder(image_transform(self.image_size, False), caption_key or self.caption_key,
-                               meta_fields)
-        stream = ShardStream(expand_shards(shards), decode, self.tokenizer,
-                             batch_size or self.batch_size, train=False)
-        return self._loader(stream, workers=0)
+    def eval_data(self, num_workers: int | None = None) -> EvalData:
+        """The tokenizer and eval image size for ``vlp.eval`` (see vlp.eval.features)."""
+        return EvalData(self.tokenizer, self.image_size, self.num_workers if num_workers is None else num_workers)
 
     def _loader(self, stream: ShardStream, workers: int | None = None) -> DataLoader:
         workers = self.num_workers if workers is None else workers

@@ -10,7 +10,8 @@ def retrieval_metrics(
     text_emb: torch.Tensor,
     text_to_image: torch.Tensor,
     ks: tuple[int, ...] = (1, 5, 10),
-    chunk: int = 512,
+    chunk: int | None = None,
+    max_scores: int = 2**24,
 ) -> dict[str, float]:
     """Recall@k both ways.
 
@@ -19,12 +20,15 @@ def retrieval_metrics(
         text_emb: ``[M, E]`` normalised text embeddings (several texts per image allowed).
         text_to_image: ``[M]`` index of each text's image.
         ks: the k of recall@k.
-        chunk: rows scored at once (memory ~ chunk x max(N, M)).
+        chunk: rows scored at once; None = as many as keep a score block under
+            ``max_scores`` elements (64 MB in fp32), so memory stays bounded for any N, M.
 
     image->text recall@k: share of images with at least one of their texts in the
     top k texts. text->image recall@k: share of texts whose image is in the top k.
     """
     n, m = image_emb.shape[0], text_emb.shape[0]
+    if chunk is None:
+        chunk = max(1, max_scores // max(n, m, 1))
     kmax = max(ks)
     i2t_hits = {k: 0 for k in ks}
     for start in range(0, n, chunk):

@@ -15,11 +15,12 @@ def zeroshot_classifier(
     classnames: list[str],
     templates: list[str],
     device: torch.device | str = "cpu",
+    fill: Callable[[str, str], str] = str.format,
 ) -> torch.Tensor:
     """``[C, E]``: per class, the mean of its normalised template embeddings, renormalised."""
     weights = []
     for name in classnames:
-        texts = [t.format(name) for t in templates]
+        texts = [fill(t, name) for t in templates]
         emb = F.normalize(encode_text(tokenizer(texts).to(device)).float(), dim=-1)
         weights.append(F.normalize(emb.mean(0), dim=-1))
     return torch.stack(weights)

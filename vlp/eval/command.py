@@ -1,0 +1,197 @@
+"""`vlp eval`: evaluate checkpoints on tasks, write one JSON per (checkpoint, task), merge tables.
+
+    vlp eval --ckpt runs/clip_tiny/version_0/checkpoints/last.ckpt --task emoji_google_test_retrieval
+    vlp eval --ckpt A.ckpt --ckpt B.ckpt --task 'emoji_*' --out eval_results
+    vlp eval --table eval_results            # one markdown + CSV table across checkpoints
+    vlp eval --list                          # the built-in tasks
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import fnmatch
+import importlib
+import io
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+from vlp.errors import VLPError
+from vlp.eval.features import EvalData
+from vlp.eval.tasks import builtin_tasks, load_task, run_task, task_summary
+
+HEADLINE = {
+    "retrieval": ["image_to_text_R@1", "image_to_text_R@5", "text_to_image_R@1", "text_to_image_R@5"],
+    "zeroshot": ["top1", "top5", "mean_per_class_recall"],
+    "linear_probe": ["top1", "mean_per_class_recall"],
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise VLPError(f"eval: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="vlp eval", description="Evaluate vlp checkpoints on eval tasks.")
+    p.add_argument("--ckpt", action="append", default=[], help="checkpoint path (repeatable)")
+    p.add_argument("--task", action="append", default=[],
+                   help="built-in task name, shell pattern over them ('emoji_*'), or task YAML path (repeatable)")
+    p.add_argument("--out", default="eval_results", help="folder for the JSON results (default eval_results)")
+    p.add_argument("--name", help="label of the checkpoint in results (default: from its path)")
+    p.add_argument("--batch_size", type=int, default=256)
+    p.add_argument("--num_workers", type=int, default=0, help="data workers for decoding images")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--table", metavar="DIR", help="merge the result JSONs under DIR into DIR/results.{md,csv}")
+    p.add_argument("--list", action="store_true", help="list the built-in tasks")
+    return p
+
+
+def select_tasks(specs: list[str]) -> list[str]:
+    out = []
+    names = builtin_tasks()
+    for spec in specs:
+        if any(ch in spec for ch in "*?[") and not Path(spec).suffix:
+            matched = fnmatch.filter(names, spec)
+            if not matched:
+                raise VLPError(f"task pattern '{spec}' matches no built-in task (see `vlp eval --list`)")
+            out += matched
+        else:
+            out.append(spec)
+    return list(dict.fromkeys(out))
+
+
+def _instantiate(spec):
+    if isinstance(spec, dict) and "class_path" in spec:
+        module_name, _, cls = spec["class_path"].rpartition(".")
+        return getattr(importlib.import_module(module_name), cls)(**spec.get("init_args", {}))
+    return spec
+
+
+def load_for_eval(path: str, device: str = "cpu"):
+    """A checkpoint of `vlp fit` -> (module in eval mode, EvalData, info dict)."""
+    from vlp.data.tokenizer import TextTokenizer
+    from vlp.module import VLPModule
+
+    if not Path(path).is_file():
+        raise VLPError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise VLPError(f"checkpoint {path} cannot be read: {type(e).__name__}: {e}") from None
+    hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    if not isinstance(hp.get("image_tower"), dict):
+        raise VLPError(f"checkpoint {path} holds no vlp model config (was it written by `vlp fit`?)")
+    module = VLPModule.load_from_checkpoint(path, map_location="cpu").to(device).eval()
+    dm = ckpt.get("datamodule_hyper_parameters") or {}
+    image_args = hp["image_tower"].get("init_args", {})
+    text_args = hp.get("text_tower", {}).get("init_args", {})
+    tokenizer = _instantiate(dm.get("tokenizer"))
+    if tokenizer is None:
+        tokenizer = TextTokenizer(context_length=dm.get("context_length") or text_args.get("context_length", 77))
+    data = EvalData(tokenizer, dm.get("image_size") or image_args.get("image_size", 224))
+    info = {
+        "recipe": (ckpt.get("vlp") or {}).get("recipe"),
+        "image_tower": image_args.get("model_name", hp["image_tower"].get("class_path")),
+        "text_tower": hp.get("text_tower", {}).get("class_path"),
+        "global_step": ckpt.get("global_step"),
+        "epoch": ckpt.get("epoch"),
+    }
+    return module, data, info
+
+
+def checkpoint_label(path: str) -> str:
+    """``runs/clip_tiny/version_0/checkpoints/last.ckpt`` -> ``clip_tiny/version_0/last``."""
+    p = Path(path).resolve()
+    parts = [x for x in p.parent.parts if x != "checkpoints"][-2:]
+    return "/".join([*parts, p.stem])
+
+
+def evaluate(args) -> list[dict]:
+    if not args.ckpt or not args.task:
+        raise VLPError("eval: give --ckpt PATH and --task NAME (or --table DIR, or --list)")
+    if args.name and len(args.ckpt) > 1:
+        raise VLPError("eval: --name labels one checkpoint; give it once per run")
+    tasks = [load_task(t) for t in select_tasks(args.task)]
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for ckpt in args.ckpt:
+        module, data, info = load_for_eval(ckpt, args.device)
+        data.num_workers = args.num_workers
+        label = args.name or checkpoint_label(ckpt)
+        for task in tasks:
+            r = run_task(module, task, data, args.batch_size)
+            record = {"label": label, "model": info, "checkpoint": str(Path(ckpt).resolve()), **r,
+                      "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                      "device": args.device, "host": platform.node()}
+            path = out_dir / f"{label.replace('/', '__')}--{task.name}.json"
+            path.write_text(json.dumps(record, indent=2))
+            results.append(record)
+            print(f"{label}  {task.name:<42} {task_summary(r)}  ({r['seconds']:.1f} s) -> {path}", flush=True)
+    return results
+
+
+def headline(record: dict) -> list[str]:
+    keys = HEADLINE.get(record.get("kind"))
+    if keys is None:
+        keys = [k for k in record["metrics"] if k.endswith("_top1") and not k.endswith("_std")]
+    return [k for k in keys if k in record["metrics"]]
+
+
+def merge_table(folder: str) -> tuple[str, str]:
+    """Rows (task, metric), one column per checkpoint label: markdown (headline metrics) and CSV
+    (every metric). Written to ``folder/results.md`` and ``folder/results.csv``."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise VLPError(f"eval: --table {folder} is not a folder")
+    records = []
+    for f in sorted(root.rglob("*.json")):
+        try:
+            r = json.loads(f.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(r, dict) and {"task", "metrics", "label"} <= r.keys():
+            records.append(r)
+    if not records:
+        raise VLPError(f"eval: no vlp eval result files (*.json) under {folder}")
+    labels = list(dict.fromkeys(r["label"] for r in records))
+    cell = {(r["task"], m, r["label"]): v for r in records for m, v in r["metrics"].items()}
+    tasks = sorted({r["task"] for r in records})
+    kinds = {r["task"]: r for r in records}
+    md = ["| task | metric | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
+    rows_csv = []
+    for t in tasks:
+        for m in headline(kinds[t]):
+            vals = [cell.get((t, m, lab)) for lab in labels]
+            md.append(f"| {t} | {m} | " + " | ".join("" if v is None else f"{100 * v:.1f}" for v in vals) + " |")
+        all_metrics = list(dict.fromkeys(m for (tt, m, _) in cell if tt == t))
+        for m in all_metrics:
+            rows_csv.append([t, m, *[cell.get((t, m, lab), "") for lab in labels]])
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["task", "metric", *labels])
+    w.writerows(rows_csv)
+    markdown = "Metrics in % (vlp eval --table).\n\n" + "\n".join(md) + "\n"
+    (root / "results.md").write_text(markdown)
+    (root / "results.csv").write_text(buf.getvalue())
+    return markdown, buf.getvalue()
+
+
+def eval_main(argv: list[str]) -> list[dict] | None:
+    args = build_parser().parse_args(argv)
+    if args.list:
+        for name in builtin_tasks():
+            t = load_task(name)
+            print(f"{name:<42} {t.kind}")
+        return None
+    if args.table:
+        markdown, _ = merge_table(args.table)
+        print(markdown, end="")
+        print(f"written: {Path(args.table) / 'results.md'}, {Path(args.table) / 'results.csv'}")
+        return None
+    return evaluate(args)
