@@ -292,3 +292,15 @@ def test_sharded_eval_equals_single_process(tmp_path):
         for mine, ref in zip(got["results"], single):
             assert mine["num_samples"] == ref["num_samples"] == 385
             assert mine["metrics"] == pytest.approx(ref["metrics"], abs=1e-6), mine["task"]
+
+
+def test_user_task_file_on_own_shards(tiny_module, tmp_path):
+    shard = _shard(tmp_path / "data" / "val-000.tar", 12)
+    (tmp_path / "prompts.txt").write_text("a picture of {}\n{c}\n")
+    (tmp_path / "mine.yaml").write_text(f"kind: zeroshot\nshards: {shard}\nlabel_field: label\n"
+                                        "templates: prompts.txt\n")
+    task = load_task(str(tmp_path / "mine.yaml"))
+    assert task.name == "mine" and task.templates == ["a picture of {}", "{c}"]
+    result = run_task(tiny_module, task, EvalData(TextTokenizer(context_length=16), 32), batch_size=5)
+    assert result["num_samples"] == 12 and result["details"]["num_classes"] == 3  # c0, c1, c2 found
+    assert set(result["metrics"]) == {"top1", "mean_per_class_recall"}  # no top5 with 3 classes

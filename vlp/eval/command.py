@@ -143,9 +143,31 @@ def headline(record: dict) -> list[str]:
     return [k for k in keys if k in record["metrics"]]
 
 
+def records_table(records: list[dict]) -> tuple[str, str]:
+    """Rows (task, metric), one column per checkpoint label: markdown with the headline
+    metrics (in %) and CSV with every metric (fractions)."""
+    labels = list(dict.fromkeys(r["label"] for r in records))
+    cell = {(r["task"], m, r["label"]): v for r in records for m, v in r["metrics"].items()}
+    tasks = sorted({r["task"] for r in records})
+    by_task = {r["task"]: r for r in records}
+    md = ["| task | metric | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
+    rows_csv = []
+    for t in tasks:
+        for m in headline(by_task[t]):
+            vals = [cell.get((t, m, lab)) for lab in labels]
+            md.append(f"| {t} | {m} | " + " | ".join("" if v is None else f"{100 * v:.1f}" for v in vals) + " |")
+        for m in dict.fromkeys(m for (tt, m, _) in cell if tt == t):
+            rows_csv.append([t, m, *[cell.get((t, m, lab), "") for lab in labels]])
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["task", "metric", *labels])
+    w.writerows(rows_csv)
+    return "Metrics in % (vlp eval --table).\n\n" + "\n".join(md) + "\n", buf.getvalue()
+
+
 def merge_table(folder: str) -> tuple[str, str]:
-    """Rows (task, metric), one column per checkpoint label: markdown (headline metrics) and CSV
-    (every metric). Written to ``folder/results.md`` and ``folder/results.csv``."""
+    """The table of every result JSON under ``folder``, written to ``folder/results.md`` and
+    ``folder/results.csv``."""
     root = Path(folder)
     if not root.is_dir():
         raise VLPError(f"eval: --table {folder} is not a folder")
@@ -159,27 +181,10 @@ def merge_table(folder: str) -> tuple[str, str]:
             records.append(r)
     if not records:
         raise VLPError(f"eval: no vlp eval result files (*.json) under {folder}")
-    labels = list(dict.fromkeys(r["label"] for r in records))
-    cell = {(r["task"], m, r["label"]): v for r in records for m, v in r["metrics"].items()}
-    tasks = sorted({r["task"] for r in records})
-    kinds = {r["task"]: r for r in records}
-    md = ["| task | metric | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
-    rows_csv = []
-    for t in tasks:
-        for m in headline(kinds[t]):
-            vals = [cell.get((t, m, lab)) for lab in labels]
-            md.append(f"| {t} | {m} | " + " | ".join("" if v is None else f"{100 * v:.1f}" for v in vals) + " |")
-        all_metrics = list(dict.fromkeys(m for (tt, m, _) in cell if tt == t))
-        for m in all_metrics:
-            rows_csv.append([t, m, *[cell.get((t, m, lab), "") for lab in labels]])
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["task", "metric", *labels])
-    w.writerows(rows_csv)
-    markdown = "Metrics in % (vlp eval --table).\n\n" + "\n".join(md) + "\n"
+    markdown, table_csv = records_table(records)
     (root / "results.md").write_text(markdown)
-    (root / "results.csv").write_text(buf.getvalue())
-    return markdown, buf.getvalue()
+    (root / "results.csv").write_text(table_csv)
+    return markdown, table_csv
 
 
 def eval_main(argv: list[str]) -> list[dict] | None:
@@ -194,4 +199,7 @@ def eval_main(argv: list[str]) -> list[dict] | None:
         print(markdown, end="")
         print(f"written: {Path(args.table) / 'results.md'}, {Path(args.table) / 'results.csv'}")
         return None
-    return evaluate(args)
+    results = evaluate(args)
+    print()
+    print(records_table(results)[0], end="")
+    return results
