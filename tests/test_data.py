@@ -65,21 +65,26 @@ def test_train_batches_cover_every_sample_once_per_epoch(tmp_path):
 
 
 def test_training_order_differs_between_epochs_and_follows_the_seed(tmp_path):
-    from lightning.pytorch import seed_everything
-
     for i in range(2):
         _write(tmp_path / f"s-{i:03d}.tar", 16, 16 * i)
-    dm = VLPDataModule(train_shards=str(tmp_path / "s-*.tar"), batch_size=8, num_workers=0, image_size=16,
-                       shuffle_buffer=32)
 
-    def epoch():
-        return [c for b in dm.train_dataloader() for c in b["caption"]]
+    def epochs(seed, workers=0, n=2):
+        dm = VLPDataModule(train_shards=str(tmp_path / "s-*.tar"), batch_size=8, num_workers=workers,
+                           image_size=16, shuffle_buffer=32, seed=seed)
+        loader = dm.train_dataloader()
+        out = []
+        for _ in range(n):
+            batches = list(loader)
+            out.append(([c for b in batches for c in b["caption"]], torch.cat([b["image"] for b in batches])))
+        return out
 
-    seed_everything(3)
-    first, second = epoch(), epoch()
-    seed_everything(3)
-    assert epoch() == first
-    assert first != second
+    (first, img1), (second, _) = epochs(3)
+    assert first != second and sorted(first) == sorted(second)
+    again = epochs(3)
+    assert again[0][0] == first and torch.equal(again[0][1], img1)  # the augmentation follows the seed too
+    assert epochs(4)[0][0] != first
+    torch.manual_seed(123)  # the process RNG plays no part
+    assert epochs(3, n=1)[0][0] == first
 
 
 def test_too_few_shards_for_workers_is_a_clear_error(tmp_path):

@@ -64,18 +64,67 @@ def _make_cli_class(argv: list[str], recipe: str | None = None):
         def before_fit(self) -> None:
             check_tokenizer(self.model, self.datamodule)
             self.model.recipe = recipe
+            install_atomic_checkpoints(self.trainer)
+            config = self.config_init[self.subcommand]
+            if config.get("ckpt_path") == "last":
+                config["ckpt_path"] = find_last_checkpoint(self.trainer)
 
         def after_fit(self) -> None:
             trainer = self.trainer
             log_dir = trainer.log_dir  # a collective under DDP: every rank asks
+            data = self.datamodule.summary() if hasattr(self.datamodule, "summary") else None  # collective too
             if trainer.global_rank != 0:
                 return
+            if data:
+                print(f"data: {data}")
+            if getattr(self.model, "nonfinite_skipped", 0):
+                print(f"non-finite steps skipped: {self.model.nonfinite_skipped}")
             ckpt = trainer.checkpoint_callback
             path = ckpt and (ckpt.last_model_path or ckpt.best_model_path)
             print(f"checkpoint: {path or 'none (no ModelCheckpoint callback)'}")
             print(f"logs: {log_dir}")
 
     return VLPCLI, VLPArgumentParser, VLPModule, VLPDataModule
+
+
+def install_atomic_checkpoints(trainer) -> None:
+    """Checkpoints are written to a temporary file and renamed (vlp.checkpointing), unless the
+    recipe chose its own CheckpointIO."""
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    from vlp.checkpointing import AtomicCheckpointIO
+
+    strategy = trainer.strategy
+    if type(getattr(strategy, "_checkpoint_io", None)) in (TorchCheckpointIO, type(None)):
+        strategy.checkpoint_io = AtomicCheckpointIO()
+
+
+def find_last_checkpoint(trainer) -> str | None:
+    """``--ckpt_path last``: the checkpoint with the highest step in this run's folders (every
+    version under the logger's root, the checkpoint callbacks' folders). None (start from
+    scratch, as Lightning does) when there is none, so the flag can be set from the first run."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from vlp.checkpointing import newest_checkpoint
+
+    roots = [Path(cb.dirpath) for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath]
+    for logger in trainer.loggers:
+        if getattr(logger, "root_dir", None):
+            roots.append(Path(logger.root_dir))
+    if not trainer.loggers:
+        roots.append(Path(trainer.default_root_dir))
+    found = [c for c in (newest_checkpoint(r) for r in roots if r.is_dir()) if c is not None]
+    if not found:
+        if trainer.global_rank == 0:
+            print(f"--ckpt_path last: no checkpoint under {', '.join(map(str, roots))}; starting from scratch")
+        return None
+    import torch
+
+    best = max(found, key=lambda p: (torch.load(p, map_location="cpu", weights_only=False, mmap=True)
+                                     .get("global_step", -1), p.stat().st_mtime))
+    if trainer.global_rank == 0:
+        print(f"resuming from {best}")
+    return str(best)
 
 
 def check_tokenizer(model, datamodule) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import random
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
@@ -13,6 +15,25 @@ from torch import nn
 from vlp.errors import VLPError
 from vlp.objectives.base import Objective
 from vlp.optim import OptimConfig, build_optimizer
+
+
+def rng_states() -> dict:
+    """The process's RNG states in types that ``torch.load(weights_only=True)`` accepts."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
+              "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    name, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class VLPModule(LightningModule):
@@ -54,9 +75,30 @@ class VLPModule(LightningModule):
         self.objectives = nn.ModuleList(objectives)
         self.optim = optim or OptimConfig()
         self.recipe: str | None = None  # set by `vlp fit --recipe`, kept in checkpoints
+        self.nonfinite_skipped = 0
+        self._nonfinite_in_row = 0
+        self._last_loss: torch.Tensor | None = None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["vlp"] = {"recipe": self.recipe}
+        # RNG states of every rank (Lightning keeps none), so that a resumed run draws the
+        # same random numbers as the uninterrupted one
+        states = rng_states()
+        if self._trainer is not None and self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            gathered: list = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, states)
+        else:
+            gathered = [states]
+        checkpoint["vlp"] = {"recipe": self.recipe, "rng": gathered, "nonfinite_skipped": self.nonfinite_skipped}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("vlp") or {}
+        self.recipe = saved.get("recipe", self.recipe)
+        self.nonfinite_skipped = saved.get("nonfinite_skipped", 0)
+        rng = saved.get("rng")
+        if rng:
+            rank = self.trainer.global_rank if self._trainer is not None else 0
+            if rank < len(rng):
+                set_rng_states(rng[rank])
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """``[B,3,H,W]`` -> L2-normalised ``[B,E]``."""
@@ -90,11 +132,46 @@ class VLPModule(LightningModule):
             for key, value in metrics.items():
                 self.log(f"train/{objective.name}_{key}", value, batch_size=batch_size)
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
+        self._last_loss = total.detach()
         return total
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Skip the step (drop every gradient) when the loss or a gradient is not finite."""
+        if self._trainer is not None and str(self.trainer.precision).startswith("16"):
+            return  # the gradient scaler skips non-finite steps itself
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        ok = torch.ones((), device=self.device)
+        if grads:
+            ok = ok * torch.stack(torch._foreach_norm(grads)).isfinite().all()
+        if self._last_loss is not None:
+            ok = ok * self._last_loss.isfinite().to(ok.device)
+        if self._trainer is not None and self.trainer.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)  # every rank decides alike
+        if bool(ok):
+            self._nonfinite_in_row = 0
+            return
+        self._nonfinite_in_row += 1
+        self.nonfinite_skipped += 1
+        for p in self.parameters():
+            p.grad = None  # AdamW leaves parameters without gradients untouched
+        limit = self.optim.max_nonfinite_in_row
+        if self._nonfinite_in_row > limit:
+            step = self.trainer.global_step if self._trainer is not None else "?"
+            raise VLPError(
+                f"the loss or gradients were not finite for {self._nonfinite_in_row} steps in a row (step {step}; "
+                f"model.optim.max_nonfinite_in_row is {limit}): lower model.optim.lr, raise warmup_steps, "
+                "or check the data"
+            )
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         for objective in self.objectives:
             objective.after_optimizer_step()
+        metrics = {"train/nonfinite_skipped": float(self.nonfinite_skipped)} if self.nonfinite_skipped else {}
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if hasattr(datamodule, "data_metrics"):
+            metrics.update(datamodule.data_metrics())
+        if metrics:
+            self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
 
     def configure_optimizers(self):
         total = self.trainer.estimated_stepping_batches

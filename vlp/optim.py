@@ -22,6 +22,10 @@ class OptimConfig:
         betas, eps: AdamW moments and epsilon (CLIP: 0.9, 0.98, 1e-6).
         warmup_steps: linear warmup from lr/warmup_steps to lr.
         schedule: ``cosine`` (to 0 at the last step, as open_clip) or ``constant``.
+        max_nonfinite_in_row: a step whose loss or gradients are not finite is skipped
+            (no parameter update, counted as ``train/nonfinite_skipped``); after more than
+            this many in a row the run stops with an error. With 16-mixed precision the
+            gradient scaler does the skipping instead.
     """
 
     lr: float = 5e-4
@@ -30,10 +34,13 @@ class OptimConfig:
     eps: float = 1e-6
     warmup_steps: int = 0
     schedule: Literal["cosine", "constant"] = "cosine"
+    max_nonfinite_in_row: int = 5
 
     def __post_init__(self):
         if self.lr <= 0:
             raise VLPError(f"model.optim.lr must be > 0, got {self.lr}")
+        if self.max_nonfinite_in_row < 0:
+            raise VLPError(f"model.optim.max_nonfinite_in_row must be >= 0, got {self.max_nonfinite_in_row}")
         if self.warmup_steps < 0:
             raise VLPError(f"model.optim.warmup_steps must be >= 0, got {self.warmup_steps}")
 

@@ -2,17 +2,43 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from collections import Counter
+
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from vlp.data.shards import count_samples, expand_shards
-from vlp.data.stream import SampleDecoder, ShardStream
+from vlp.data.stream import CONVERT_REASONS, SKIP_REASONS, SampleDecoder, ShardStream
 from vlp.data.tokenizer import HFTokenizer, TextTokenizer
 from vlp.data.transforms import image_transform
 from vlp.errors import VLPError
 from vlp.eval.features import EvalData
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader: positions its stream before each ``iter()`` and saves and
+    restores that position through Lightning's stateful-loader interface."""
+
+    def __init__(self, owner: VLPDataModule, stream: ShardStream, num_workers: int):
+        super().__init__(stream, batch_size=None, num_workers=num_workers, persistent_workers=False,
+                         pin_memory=torch.cuda.is_available(), prefetch_factor=4 if num_workers else None,
+                         generator=torch.Generator())  # its base seed must not consume the global RNG
+        self.owner = owner
+
+    def __iter__(self):
+        self.owner._before_iter(self.dataset)
+        return super().__iter__()
+
+    def state_dict(self) -> dict:
+        return self.owner.loader_state()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.owner.load_loader_state(state)
 
 
 class VLPDataModule(LightningDataModule):
@@ -33,6 +59,18 @@ class VLPDataModule(LightningDataModule):
         train_num_samples: samples per epoch; None = counted from the shards
             (img2dataset ``*_stats.json``, else the tar index).
         caption_key: the sample field holding the caption.
+        seed: data seed (shard order, shuffle, augmentation); None = the run's
+            ``seed_everything`` seed.
+        max_bad_fraction: stop with an error once more than this share of the samples
+            read is bad (checked from 100 samples on).
+        max_image_pixels: images with more pixels are skipped as decompression bombs
+            (judged from the header, before decoding).
+
+    Bad samples are skipped and counted by reason, odd image modes converted and counted
+    (see vlp.data.stream.SampleDecoder); the counts are logged as ``data/*`` metrics and
+    summed up at the end of `vlp fit`; an unreadable shard is skipped, counted and named on
+    stderr. The stream resumes exactly from a checkpoint (``--ckpt_path``): the loader's
+    state holds every worker's position.
     """
 
     def __init__(
@@ -48,6 +86,9 @@ class VLPDataModule(LightningDataModule):
         resampled: bool = False,
         train_num_samples: int | None = None,
         caption_key: str = "txt",
+        seed: int | None = None,
+        max_bad_fraction: float = 0.05,
+        max_image_pixels: int = 89_478_485,
     ):
         super().__init__()
         # saved in checkpoints (as the recipe's values under the CLI) so that `vlp eval`
@@ -58,6 +99,8 @@ class VLPDataModule(LightningDataModule):
             raise VLPError(f"data.batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
             raise VLPError(f"data.num_workers must be >= 0, got {num_workers}")
+        if not 0 <= max_bad_fraction <= 1:
+            raise VLPError(f"data.max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
         self.shards = expand_shards(train_shards)
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -68,6 +111,16 @@ class VLPDataModule(LightningDataModule):
         self.resampled = resampled
         self.train_num_samples = train_num_samples
         self.caption_key = caption_key
+        self.seed = seed
+        self.max_bad_fraction = max_bad_fraction
+        self.max_image_pixels = max_image_pixels
+        self.stats: Counter = Counter()  # this rank's samples read / skipped / converted, whole run
+        self._next_epoch = 0
+        self._epoch = 0
+        self._positions: dict[int, dict] = {}  # worker -> {"raw", "batches"} in the current epoch
+        self._resume: dict | None = None
+        self._workers = 1
+        self._warned_shards: set[str] = set()
 
     def _epoch_samples(self) -> int:
         """Samples per epoch; the shard index is read once, not at every train_dataloader call."""
@@ -93,27 +146,122 @@ class VLPDataModule(LightningDataModule):
                 f"{total} samples make no full batch of {self.batch_size} on each of "
                 f"{world} ranks x {workers} workers: lower data.batch_size or data.num_workers"
             )
-        stream = ShardStream(
-            self.shards,
-            SampleDecoder(image_transform(self.image_size, True, self.crop_scale), self.caption_key),
-            self.tokenizer, self.batch_size, train=True, batches_per_worker=per_worker,
-            shuffle_buffer=self.shuffle_buffer, resampled=self.resampled,
-        )
+        if self.seed is None:
+            env = os.environ.get("PL_GLOBAL_SEED")
+            self.seed = int(env) if env is not None else int.from_bytes(os.urandom(4), "little")
+        decode = SampleDecoder(image_transform(self.image_size, True, self.crop_scale), self.caption_key,
+                               self.max_image_pixels)
+        stream = ShardStream(self.shards, decode, self.tokenizer, self.batch_size, batches_per_worker=per_worker,
+                             shuffle_buffer=self.shuffle_buffer, resampled=self.resampled, seed=self.seed)
         stream.length = per_worker * workers
-        return self._loader(stream)
+        self._workers = workers
+        return ResumableLoader(self, stream, num_workers=self.num_workers)
 
     def eval_data(self, num_workers: int | None = None) -> EvalData:
         """The tokenizer and eval image size for ``vlp.eval`` (see vlp.eval.features)."""
         return EvalData(self.tokenizer, self.image_size, self.num_workers if num_workers is None else num_workers)
 
-    def _loader(self, stream: ShardStream, workers: int | None = None) -> DataLoader:
-        workers = self.num_workers if workers is None else workers
-        return DataLoader(
-            stream, batch_size=None, num_workers=workers,
-            persistent_workers=False, pin_memory=torch.cuda.is_available(),
-            prefetch_factor=4 if workers else None,
-        )
-
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         # Captions and metadata stay on the host; tensors move.
         return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    # ---- stream position: set before every iter(), reported by every batch, saved in checkpoints
+
+    def _before_iter(self, stream: ShardStream) -> None:
+        stream.resume, stream.rotate, stream.salt, stream.seed = {}, 0, 0, self.seed
+        epoch = self._next_epoch
+        resume, self._resume = self._resume, None
+        done = 0
+        if resume is not None:
+            epoch = resume["epoch"]
+            done = sum(p["batches"] for p in resume["positions"].values())
+            if done >= stream.batches_per_worker * self._workers:
+                epoch, resume = epoch + 1, None  # saved at the end of an epoch: start the next
+        self._epoch, self._next_epoch = epoch, epoch + 1
+        stream.epoch = epoch
+        self._positions = {}
+        if resume is None:
+            return
+        if self.resampled:
+            stream.salt = 1 + resume["step"]
+            rank_zero_warn(f"data.resampled: the stream resumes at a fresh position seeded from (seed, epoch "
+                           f"{epoch}, step {resume['step']}), not where the interrupted run stood")
+            return
+        self._positions = {int(w): dict(p) for w, p in resume["positions"].items()}
+        stream.resume = {w: dict(p) for w, p in self._positions.items()}
+        stream.rotate = done % self._workers
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        state = batch.pop("_state", None) if isinstance(batch, dict) else None
+        if state is None:
+            return batch
+        self._positions[state["worker"]] = {"raw": state["raw"], "batches": state["batches"]}
+        self.stats.update(state["counts"])
+        for shard in state["bad_shards"]:
+            if shard not in self._warned_shards:
+                self._warned_shards.add(shard)
+                print(f"vlp: skipped unreadable shard {shard}", file=sys.stderr, flush=True)
+        seen, bad = self.stats["seen"], sum(self.stats[r] for r in SKIP_REASONS)
+        if seen >= 100 and bad > self.max_bad_fraction * seen:
+            reasons = ", ".join(f"{r} {self.stats[r]}" for r in SKIP_REASONS if self.stats[r])
+            raise VLPError(f"{bad} of {seen} samples read were bad ({100 * bad / seen:.1f}% > data.max_bad_fraction "
+                           f"{100 * self.max_bad_fraction:g}%): {reasons}")
+        return batch
+
+    def data_metrics(self) -> dict[str, float]:
+        """This rank's counts for logging: samples read, skipped (in all and by reason), converted."""
+        out = {"data/samples_read": float(self.stats["seen"]),
+               "data/skipped": float(sum(self.stats[r] for r in SKIP_REASONS))}
+        for key in (*SKIP_REASONS, *CONVERT_REASONS, "unreadable_shard"):
+            if self.stats[key]:
+                prefix = "converted" if key in CONVERT_REASONS else "skipped"
+                out[f"data/{prefix}_{key}"] = float(self.stats[key])
+        return out
+
+    def summary(self) -> str:
+        """One line with the counts of all ranks (a collective under DDP: every rank calls it)."""
+        keys = ["seen", *SKIP_REASONS, *CONVERT_REASONS, "unreadable_shard"]
+        counts = torch.tensor([float(self.stats[k]) for k in keys], dtype=torch.float64)
+        if self._world_size() > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            counts = counts.to(self.trainer.strategy.root_device)
+            torch.distributed.all_reduce(counts)
+        total = dict(zip(keys, counts.long().tolist()))
+        skipped = {k: total[k] for k in SKIP_REASONS if total[k]}
+        converted = {k: total[k] for k in CONVERT_REASONS if total[k]}
+        parts = [f"{total['seen']} samples read", f"skipped {sum(skipped.values())}"
+                 + (f" ({', '.join(f'{k} {v}' for k, v in skipped.items())})" if skipped else "")]
+        if converted:
+            parts.append("converted " + ", ".join(f"{k} {v}" for k, v in converted.items()))
+        if total["unreadable_shard"]:
+            parts.append(f"unreadable shards {total['unreadable_shard']} (named above)")
+        return "; ".join(parts)
+
+    def loader_state(self) -> dict:
+        """The stream position of every rank (a collective under DDP: every rank calls it)."""
+        trainer = self.trainer
+        mine = {"positions": {w: dict(p) for w, p in self._positions.items()}, "stats": dict(self.stats)}
+        world = self._world_size()
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            ranks: list = [None] * world
+            torch.distributed.all_gather_object(ranks, mine)
+        else:
+            ranks = [mine]
+        return {"seed": self.seed, "epoch": self._epoch, "step": trainer.global_step if trainer else 0,
+                "world": world, "workers": self._workers, "batch_size": self.batch_size,
+                "ranks": dict(enumerate(ranks))}
+
+    def load_loader_state(self, state: dict) -> None:
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        world = self._world_size()
+        self.seed = state["seed"]
+        mine = state["ranks"].get(rank) or {}
+        self.stats = Counter(mine.get("stats", {}))
+        if (state["world"], state["workers"], state["batch_size"]) != (world, self._workers, self.batch_size):
+            rank_zero_warn(
+                f"the data stream cannot resume exactly: the checkpoint ran {state['world']} ranks x "
+                f"{state['workers']} workers x batch {state['batch_size']}, this run {world} x {self._workers} x "
+                f"{self.batch_size}; continuing with the start of epoch {state['epoch'] + 1}"
+            )
+            self._next_epoch = state["epoch"] + 1
+            return
+        self._resume = {"epoch": state["epoch"], "step": state["step"], "positions": mine.get("positions", {})}

@@ -1,24 +1,42 @@
-"""An iterable of ready batches read from webdataset shards, built in the data workers.
+"""The training stream: batches read from webdataset shards, built in the data workers.
 
 Shards are split across (rank, worker) pairs; each worker reads its shards, shuffles
 samples in a buffer, decodes images, batches, and tokenises the batch's captions at
-once. In training every worker yields exactly ``batches_per_worker`` full batches
-(cycling its shards when needed), so all ranks take the same number of steps.
+once. Every worker yields exactly ``batches_per_worker`` full batches per epoch (cycling
+its shards when needed), so all ranks take the same number of steps.
+
+Determinism and resume: a worker's shard order and shuffle come from
+``(seed, epoch, rank, worker)`` and the augmentation of its n-th batch from
+``(seed, epoch, rank, worker, n)``, never from the process RNG. Each batch reports
+where its worker stands (raw samples read, batches made); to resume, a worker skips
+that many raw samples without decoding them and the workers are rotated so that the
+DataLoader's round robin continues with the worker that was next. The stream after a
+resume is therefore the stream of the uninterrupted run.
+
+Bad data (see ``SampleDecoder``): samples are skipped and counted by reason, or
+converted and counted; an unreadable shard is skipped, counted and named.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import random
+import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 
 import torch
 import webdataset as wds
 from PIL import Image
-from torch.utils.data import IterableDataset
+from torch.utils.data import IterableDataset, get_worker_info
+
+from vlp.errors import VLPError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+
+SKIP_REASONS = ("no_image", "corrupt_image", "too_many_pixels", "missing_caption", "empty_caption",
+                "caption_not_utf8")
+CONVERT_REASONS = ("alpha_on_white", "mode_to_rgb")
 
 
 def worker_info() -> tuple[int, int, int, int]:
@@ -26,26 +44,78 @@ def worker_info() -> tuple[int, int, int, int]:
     return wds.utils.pytorch_worker_info()
 
 
-class SampleDecoder:
-    """Raw webdataset sample -> (image tensor, caption, {meta fields})."""
+def stable_seed(*parts) -> int:
+    """A seed from ``parts`` that is the same in every process (unlike ``hash``)."""
+    return random.Random("-".join(map(str, parts))).getrandbits(63)
 
-    def __init__(self, transform: Callable, caption_key: str = "txt", meta_fields: tuple[str, ...] = ()):
+
+class BadSample(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SampleDecoder:
+    """Raw webdataset sample -> (image tensor, caption); bad samples raise ``BadSample``.
+
+    Handling (``counts`` receives the converted ones):
+        - no image member, an image PIL cannot decode (corrupt or truncated): skipped;
+        - an image over ``max_pixels`` (decompression bomb), judged from its header before
+          decoding: skipped;
+        - no caption member, an empty or blank caption, a caption that is not UTF-8: skipped;
+        - RGBA / LA / palette-with-transparency images: composited on white (the colour the
+          emoji data are drawn on), counted ``alpha_on_white``; CMYK, palette, grey and other
+          modes: converted to RGB, counted ``mode_to_rgb``.
+    """
+
+    def __init__(self, transform: Callable, caption_key: str = "txt", max_pixels: int = 89_478_485):
         self.transform = transform
         self.caption_key = caption_key
-        self.meta_fields = meta_fields
+        self.max_pixels = max_pixels
 
-    def __call__(self, sample: dict) -> tuple[torch.Tensor, str, dict]:
+    def caption(self, sample: dict) -> str:
+        raw = sample.get(self.caption_key)
+        if raw is None:
+            raise BadSample("missing_caption")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadSample("caption_not_utf8") from None
+        if not text.strip():
+            raise BadSample("empty_caption")
+        return text
+
+    def image(self, data: bytes, counts: Counter) -> Image.Image:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(io.BytesIO(data))
+                w, h = im.size
+                if w * h > self.max_pixels:
+                    raise BadSample("too_many_pixels")
+                im.load()
+        except Image.DecompressionBombError:
+            raise BadSample("too_many_pixels") from None
+        except BadSample:
+            raise
+        except Exception:  # noqa: BLE001 - any decoder failure means a corrupt image
+            raise BadSample("corrupt_image") from None
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            rgba = im.convert("RGBA")
+            im = Image.new("RGB", rgba.size, (255, 255, 255))
+            im.paste(rgba, mask=rgba.getchannel("A"))
+            counts["alpha_on_white"] += 1
+        elif im.mode != "RGB":
+            im = im.convert("RGB")
+            counts["mode_to_rgb"] += 1
+        return im
+
+    def __call__(self, sample: dict, counts: Counter) -> tuple[torch.Tensor, str]:
         ext = next((e for e in IMAGE_EXTS if e in sample), None)
         if ext is None:
-            raise ValueError(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no image")
-        with Image.open(io.BytesIO(sample[ext])) as im:
-            image = self.transform(im.convert("RGB"))
-        caption = sample[self.caption_key].decode("utf-8")
-        meta = {}
-        if self.meta_fields:
-            info = json.loads(sample["json"])
-            meta = {f: info[f] for f in self.meta_fields}
-        return image, caption, meta
+            raise BadSample("no_image")
+        caption = self.caption(sample)
+        return self.transform(self.image(sample[ext], counts)), caption
 
 
 def buffer_shuffle(items, size: int, rng: random.Random):
@@ -63,30 +133,41 @@ def buffer_shuffle(items, size: int, rng: random.Random):
 
 
 class ShardStream(IterableDataset):
-    """Batches of ``{"image": [B,3,H,W], "text": [B,L], "caption": list, meta...}``.
+    """Training batches ``{"image": [B,3,H,W], "text": [B,L], "caption": list, "_state": dict}``.
+
+    ``_state`` (removed by the DataModule before the batch reaches the model) says which
+    worker made the batch, its position after it, and the samples it read, skipped and
+    converted while making it.
 
     Args:
         shards: local or remote shard urls.
         decode: per-sample decoder (see SampleDecoder).
         tokenizer: list[str] -> LongTensor [B, L].
         batch_size: samples per batch.
-        train: shuffle, drop partial batches, cycle to ``batches_per_worker``.
-        batches_per_worker: training epoch length of each worker.
-        shuffle_buffer: sample shuffle buffer size (train only).
+        batches_per_worker: epoch length of each worker.
+        shuffle_buffer: sample shuffle buffer size.
         resampled: draw shards with replacement (infinite stream) instead of splitting them.
+        seed: the run's data seed.
+
+    Set before each ``iter()`` (by the DataModule): ``epoch``; ``resume`` = ``{worker:
+    {"raw", "batches"}}`` of this rank for a resumed epoch; ``rotate`` = the worker whose
+    batch comes next; ``salt`` = a fresh-position salt for resumed resampled streams.
     """
 
     def __init__(self, shards: list[str], decode: SampleDecoder, tokenizer: Callable, batch_size: int,
-                 train: bool, batches_per_worker: int = 0, shuffle_buffer: int = 1000,
-                 resampled: bool = False):
+                 batches_per_worker: int, shuffle_buffer: int = 1000, resampled: bool = False, seed: int = 0):
         self.shards = shards
         self.decode = decode
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self.train = train
         self.batches_per_worker = batches_per_worker
         self.shuffle_buffer = shuffle_buffer
         self.resampled = resampled
+        self.seed = seed
+        self.epoch = 0
+        self.resume: dict[int, dict] = {}
+        self.rotate = 0
+        self.salt = 0
         self.length: int | None = None
 
     def __len__(self) -> int:
@@ -94,47 +175,80 @@ class ShardStream(IterableDataset):
             raise TypeError("length unknown")
         return self.length
 
-    def _passes(self, rng: random.Random) -> Iterator[Iterator[str]]:
-        """Passes over this worker's shards: one in eval, endless in training
-        (each reshuffled), one endless draw with replacement when resampled."""
-        rank, world, worker, workers = worker_info()
+    def _worker(self) -> tuple[int, int, int, int]:
+        rank, world = worker_info()[:2]
+        info = get_worker_info()
+        physical, workers = (info.id, info.num_workers) if info else (0, 1)
+        return rank, world, (physical + self.rotate) % workers, workers
+
+    def _shard_passes(self, rng: random.Random, rank: int, world: int, worker: int,
+                      workers: int) -> Iterator[list[str]]:
         if self.resampled:
-            yield (rng.choice(self.shards) for _ in iter(int, 1))
-            return
+            while True:
+                yield [rng.choice(self.shards) for _ in range(max(1, len(self.shards)))]
         mine = self.shards[rank * workers + worker :: world * workers]
-        if not self.train:
-            yield iter(mine)
-            return
         while True:
-            yield iter(rng.sample(mine, len(mine)))
-
-    def _samples(self, rng: random.Random) -> Iterator[dict]:
-        for urls in self._passes(rng):
-            samples = wds.tarfile_to_samples()({"url": u} for u in urls)
-            if self.train and self.shuffle_buffer > 1:
-                # the buffer is flushed at the end of each pass: a pass is a permutation
-                samples = buffer_shuffle(samples, self.shuffle_buffer, rng)
-            yield from samples
-
-    def _batch(self, items: list) -> dict:
-        images, captions, metas = zip(*items)
-        batch = {"image": torch.stack(images), "text": self.tokenizer(list(captions)), "caption": list(captions)}
-        for field in self.decode.meta_fields:
-            batch[field] = [m[field] for m in metas]
-        return batch
+            yield rng.sample(mine, len(mine))
 
     def __iter__(self) -> Iterator[dict]:
-        rank = worker_info()[0]
-        # torch's generator is seeded per worker and per epoch by the DataLoader (and by
-        # seed_everything), so the shuffle is reproducible yet new each epoch.
-        rng = random.Random(int(torch.randint(2**62, ())) + 7919 * rank)
-        items, produced = [], 0
-        for sample in self._samples(rng):
-            items.append(self.decode(sample))
-            if len(items) == self.batch_size:
-                yield self._batch(items)
-                items, produced = [], produced + 1
-                if self.train and produced >= self.batches_per_worker:
+        rank, world, worker, workers = self._worker()
+        rng = random.Random(stable_seed(self.seed, self.epoch, rank, worker, self.salt))
+        start = self.resume.get(worker, {"raw": 0, "batches": 0})
+        skip, made = start["raw"], start["batches"]
+        if made >= self.batches_per_worker:
+            return
+        raw = 0
+        aug = None
+        items: list = []
+        counts: Counter = Counter()
+        bad_shards: list[str] = []
+
+        def on_shard_error(exn: Exception) -> bool:
+            url = next((a for a in reversed(exn.args) if isinstance(a, str) and a), "?")
+            counts["unreadable_shard"] += 1
+            bad_shards.append(f"{url}: {type(exn).__name__}: {str(exn.args[0]) if exn.args else ''}"[:300])
+            return True  # skip the rest of that shard and go on
+
+        for urls in self._shard_passes(rng, rank, world, worker, workers):
+            good_in_pass = 0
+            samples = wds.tarfile_to_samples(handler=on_shard_error)({"url": u} for u in urls)
+            if self.shuffle_buffer > 1:
+                # the buffer is flushed at the end of each pass: a pass is a permutation
+                samples = buffer_shuffle(samples, self.shuffle_buffer, rng)
+            for sample in samples:
+                raw += 1
+                if raw <= skip:  # resuming: read past what the run already consumed
+                    good_in_pass += 1
+                    continue
+                if aug is None:  # the n-th batch's augmentation depends only on n
+                    aug = torch.Generator().manual_seed(
+                        stable_seed(self.seed, self.epoch, rank, worker, self.salt, made)).get_state()
+                counts["seen"] += 1
+                # the transforms draw from torch's global RNG: give them the stream's own state and
+                # leave the process's (the model's, when num_workers is 0) untouched
+                with torch.random.fork_rng(devices=[]):
+                    torch.set_rng_state(aug)
+                    try:
+                        items.append(self.decode(sample, counts))
+                        good_in_pass += 1
+                    except BadSample as bad:
+                        counts[bad.reason] += 1
+                    aug = torch.get_rng_state()
+                if len(items) < self.batch_size:
+                    continue
+                made += 1
+                yield self._batch(items, {"epoch": self.epoch, "rank": rank, "worker": worker, "raw": raw,
+                                          "batches": made, "counts": dict(counts), "bad_shards": bad_shards})
+                items, counts, bad_shards, aug = [], Counter(), [], None
+                if made >= self.batches_per_worker:
                     return
-        if items and not self.train:
-            yield self._batch(items)
+            if good_in_pass == 0:
+                raise VLPError(
+                    f"data worker {worker} of rank {rank} read a whole pass over its shards without one usable "
+                    f"sample; skipped: {dict(counts)}; unreadable shards: {bad_shards[:3]}"
+                )
+
+    def _batch(self, items: list, state: dict) -> dict:
+        images, captions = zip(*items)
+        return {"image": torch.stack(images), "text": self.tokenizer(list(captions)), "caption": list(captions),
+                "_state": state}
