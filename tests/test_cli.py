@@ -133,3 +133,18 @@ def test_fit_on_two_cpu_processes(tmp_path):
         single = json.loads(f.read_text())
         assert single["num_samples"] == sharded[single["task"]]["num_samples"]
         assert single["metrics"] == pytest.approx(sharded[single["task"]]["metrics"], abs=1e-6), single["task"]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--ckpt_path", "nowhere.ckpt"], "--ckpt_path nowhere.ckpt: no such checkpoint file"),
+    (["--data.max_bad_fraction", "2"], "data.max_bad_fraction must be in [0, 1], got 2"),
+    (["--model.optim.max_nonfinite_in_row", "-1"], "model.optim.max_nonfinite_in_row must be >= 0"),
+    (["--data.seed", "abc"], "data.seed"),
+    (["--trainer.max_stepz", "3"], "--trainer.max_stepz"),
+    (["--trainer.callbacks", "[{class_path: lightning.pytorch.callbacks.ModelCheckpont}]"], "ModelCheckpont"),
+    (["--model.image_tower.model_name", "vit_nonexistent_patch16"], "vit_nonexistent_patch16"),
+])
+def test_bad_overrides_end_in_one_line_before_training(capsys, argv, expected):
+    line = _error_line(capsys, ["fit", "--recipe", "clip_tiny", *TINY, "--trainer.max_steps", "1",
+                                "--trainer.logger", "false", *argv])
+    assert line.startswith("vlp: error: ") and expected in line, line

@@ -89,3 +89,67 @@ def test_encoders_return_unit_vectors(tiny_module):
     b = _batch(4)
     assert torch.allclose(tiny_module.encode_image(b["image"]).norm(dim=-1), torch.ones(4), atol=1e-5)
     assert torch.allclose(tiny_module.encode_text(b["text"]).norm(dim=-1), torch.ones(4), atol=1e-5)
+
+
+class Poison(MeanSquaredGap):
+    """A loss that turns NaN on chosen calls (1-based)."""
+
+    default_name = "poison"
+
+    def __init__(self, bad_calls, **kwargs):
+        super().__init__(**kwargs)
+        self.bad_calls, self.calls = set(bad_calls), 0
+
+    def forward(self, outputs, batch):
+        self.calls += 1
+        loss, metrics = super().forward(outputs, batch)
+        return (loss * float("nan") if self.calls in self.bad_calls else loss), metrics
+
+
+def _fit_fixed_batch(module, steps):
+    snapshots = []
+    original = module.training_step
+
+    def step(batch, batch_idx):
+        snapshots.append({n: p.detach().clone() for n, p in module.named_parameters()})
+        return original(batch, batch_idx)
+
+    module.training_step = step
+    trainer = Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, accelerator="cpu")
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader([_batch(8)] * steps, batch_size=None))
+    snapshots.append({n: p.detach().clone() for n, p in module.named_parameters()})
+    return trainer, snapshots
+
+
+def test_a_non_finite_step_is_skipped_and_counted(tiny_module):
+    tiny_module.objectives.append(Poison([3]))
+    trainer, snaps = _fit_fixed_batch(tiny_module, 5)
+    assert trainer.global_step == 5 and tiny_module.nonfinite_skipped == 1
+    name = "image_tower.trunk.patch_embed.proj.weight"
+    # snaps[k] = parameters before call k+1: call 3 (index 2) changed nothing, the others did
+    assert torch.equal(snaps[2][name], snaps[3][name])
+    assert not torch.equal(snaps[1][name], snaps[2][name]) and not torch.equal(snaps[3][name], snaps[4][name])
+    assert all(torch.isfinite(p).all() for p in tiny_module.parameters())
+
+
+def test_too_many_non_finite_steps_in_a_row_stop_the_run(tiny_module):
+    tiny_module.objectives.append(Poison(range(2, 100)))
+    tiny_module.optim.max_nonfinite_in_row = 2
+    with pytest.raises(VLPError, match=r"not finite for 3 steps in a row \(step 3; model.optim.max_nonfinite_in_row "
+                                       r"is 2\): lower model.optim.lr"):
+        _fit_fixed_batch(tiny_module, 10)
+
+
+def test_rng_states_round_trip_through_a_checkpoint(tiny_module):
+    import random
+
+    import numpy as np
+
+    ckpt = {}
+    tiny_module.on_save_checkpoint(ckpt)
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    torch.rand(5), random.random(), np.random.rand(2)  # move on
+    tiny_module.on_load_checkpoint(ckpt)
+    got = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(got[0], expected[0]) and got[1:] == expected[1:]

@@ -69,6 +69,24 @@ def _make_cli_class(argv: list[str], recipe: str | None = None):
             if config.get("ckpt_path") == "last":
                 config["ckpt_path"] = find_last_checkpoint(self.trainer)
 
+        def before_instantiate_classes(self) -> None:
+            ckpt = self.config.get(self.subcommand, {}).get("ckpt_path") if self.subcommand else None
+            if ckpt not in (None, "last", "best", "hpc", "registry") and "://" not in str(ckpt) \
+                    and not Path(ckpt).is_file():
+                raise VLPError(f"--ckpt_path {ckpt}: no such checkpoint file (give a path, or `last` to resume "
+                               "from the newest checkpoint of this run)")
+
+        def instantiate_classes(self) -> None:
+            try:
+                super().instantiate_classes()
+            except ValueError as e:
+                # a part's own check (VLPError) failed while jsonargparse built it: keep its message
+                if "Does not validate against any of the Union subtypes" not in str(e):
+                    raise
+                reasons = [ln.strip()[2:] for ln in str(e).splitlines()
+                           if ln.strip().startswith("- ") and "NoneType" not in ln]
+                raise VLPError(reasons[0] if reasons else _one_line(str(e))) from None
+
         def after_fit(self) -> None:
             trainer = self.trainer
             log_dir = trainer.log_dir  # a collective under DDP: every rank asks

@@ -30,6 +30,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
+from vlp.data.tar_reader import ShardError, tar_samples
 from vlp.errors import VLPError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -203,15 +204,17 @@ class ShardStream(IterableDataset):
         counts: Counter = Counter()
         bad_shards: list[str] = []
 
-        def on_shard_error(exn: Exception) -> bool:
-            url = next((a for a in reversed(exn.args) if isinstance(a, str) and a), "?")
-            counts["unreadable_shard"] += 1
-            bad_shards.append(f"{url}: {type(exn).__name__}: {str(exn.args[0]) if exn.args else ''}"[:300])
-            return True  # skip the rest of that shard and go on
+        def read(urls: list[str]) -> Iterator[dict]:
+            for url in urls:
+                try:
+                    yield from tar_samples(url)
+                except ShardError as e:  # skip the rest of that shard and go on
+                    counts["unreadable_shard"] += 1
+                    bad_shards.append(str(e)[:300])
 
         for urls in self._shard_passes(rng, rank, world, worker, workers):
             good_in_pass = 0
-            samples = wds.tarfile_to_samples(handler=on_shard_error)({"url": u} for u in urls)
+            samples = read(urls)
             if self.shuffle_buffer > 1:
                 # the buffer is flushed at the end of each pass: a pass is a permutation
                 samples = buffer_shuffle(samples, self.shuffle_buffer, rng)

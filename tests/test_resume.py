@@ -1,0 +1,98 @@
+"""Resume after SIGKILL continues exactly; checkpoints are atomic and the last K are kept."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TINY
+
+CKPT_EVERY_2 = ("[{class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: "
+                "{every_n_train_steps: 2, save_top_k: 2, monitor: step, mode: max, save_last: true}}]")
+
+
+def _cmd(save_dir, workers, max_steps, *extra):
+    return [sys.executable, "-m", "vlp.cli", "fit", "--recipe", "clip_tiny", *TINY,
+            "--data.num_workers", str(workers), "--data.train_num_samples", "160",
+            "--trainer.max_steps", str(max_steps), "--trainer.max_epochs", "-1", "--trainer.log_every_n_steps", "1",
+            "--trainer.logger.init_args.save_dir", str(save_dir), "--trainer.callbacks", CKPT_EVERY_2,
+            "--trainer.enable_progress_bar", "false", *extra]
+
+
+def _losses(version_dir: Path) -> dict[int, str]:
+    with open(version_dir / "metrics.csv") as f:
+        return {int(r["step"]): r["train/loss"] for r in csv.DictReader(f) if r.get("train/loss")}
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_sigkill_and_resume_give_the_uninterrupted_losses(tmp_path, workers):
+    steps = 30  # 160 samples / batch 8 = 20 batches an epoch: the run crosses an epoch boundary
+    ref = subprocess.run(_cmd(tmp_path / "ref", workers, steps), capture_output=True, text=True, timeout=300,
+                         env=_env())
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    expected = _losses(tmp_path / "ref" / "clip_tiny" / "version_0")
+    assert len(expected) == steps
+    # keep the last 2 step checkpoints (+ last.ckpt), written without leftovers
+    ckpts = sorted(p.name for p in (tmp_path / "ref" / "clip_tiny" / "version_0" / "checkpoints").iterdir())
+    assert ckpts == ["epoch=1-step=28.ckpt", "epoch=1-step=30.ckpt", "last.ckpt"], ckpts
+
+    # the same run, killed with SIGKILL once a checkpoint after step 6 exists
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_cmd(run, workers, steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=_env())
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if any(int(p.stem.split("step=")[1]) >= 8 for p in run.glob("clip_tiny/version_0/checkpoints/epoch=*.ckpt")):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = max(torch.load(p, weights_only=True)["global_step"]
+                    for p in run.glob("clip_tiny/version_0/checkpoints/*.ckpt"))
+    assert 8 <= killed_at < steps
+
+    resumed = subprocess.run(_cmd(run, workers, steps, "--ckpt_path", "last"), capture_output=True, text=True,
+                             timeout=300, env=_env())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout
+    got = _losses(run / "clip_tiny" / "version_1")
+    assert min(got) == killed_at and max(got) == steps - 1
+    for step, loss in got.items():
+        assert loss == expected[step], (step, loss, expected[step])  # bit-exact
+
+
+def test_ckpt_path_last_without_checkpoint_starts_from_scratch(tmp_path):
+    out = subprocess.run(_cmd(tmp_path, 0, 2, "--ckpt_path", "last"), capture_output=True, text=True, timeout=300,
+                         env=_env())
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "no checkpoint under" in out.stdout and "starting from scratch" in out.stdout
+
+
+def test_atomic_save_keeps_the_previous_file_when_writing_fails(tmp_path, monkeypatch):
+    from vlp.checkpointing import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    target = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1}, target)
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint({"step": 2}, target)
+    monkeypatch.undo()
+    assert torch.load(target)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left
