@@ -94,6 +94,7 @@ def test_fit_clip_tiny_end_to_end_prints_eval_checkpoint_and_logs(tmp_path, caps
     out = capsys.readouterr().out
     assert "emoji_google_test_retrieval" in out and "image_to_text_R@1" in out
     assert "emoji_google_test_category" in out and "top1" in out
+    assert "data: 24 samples read; skipped 0" in out  # 3 steps x batch 8
     ckpt = next(line for line in out.splitlines() if line.startswith("checkpoint: ")).split(": ", 1)[1]
     logs = next(line for line in out.splitlines() if line.startswith("logs: ")).split(": ", 1)[1]
     assert ckpt.startswith(str(tmp_path)) and torch.load(ckpt, weights_only=False)["global_step"] == 3

@@ -13,8 +13,8 @@ import torch
 
 from tests.conftest import TINY
 
-CKPT_EVERY_2 = ("[{class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: "
-                "{every_n_train_steps: 2, save_top_k: 2, monitor: step, mode: max, save_last: true}}]")
+CKPT_EVERY_2 = ("[{class_path: vlp.callbacks.StepCheckpoint, init_args: "
+                "{every_n_steps: 2, keep: 2}}]")
 
 
 def _cmd(save_dir, workers, max_steps, *extra):
