@@ -8,6 +8,17 @@ import torch
 
 from tests.conftest import TINY
 from vlp.cli import main, run_cli
+from vlp.objectives import Objective
+
+
+class NeedsViews(Objective):
+    """An objective that reads extra augmented views the data pipeline does not make."""
+
+    needs = frozenset({"image", "text", "views"})
+    default_name = "views"
+
+    def forward(self, outputs, batch):
+        raise AssertionError("must not be reached: the combination is refused before training")
 
 
 def _error_line(capsys, argv):
@@ -16,7 +27,8 @@ def _error_line(capsys, argv):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err
-    lines = err.splitlines()
+    # Lightning's own start-up notes ("INFO: Seed set to 0") may come first; then exactly one line
+    lines = [ln for ln in err.splitlines() if not ln.startswith("INFO: ")]
     assert len(lines) == 1, err
     return lines[0]
 
@@ -144,6 +156,8 @@ def test_fit_on_two_cpu_processes(tmp_path):
     (["--trainer.max_stepz", "3"], "--trainer.max_stepz"),
     (["--trainer.callbacks", "[{class_path: lightning.pytorch.callbacks.ModelCheckpont}]"], "ModelCheckpont"),
     (["--model.image_tower.model_name", "vit_nonexistent_patch16"], "vit_nonexistent_patch16"),
+    (["--model.objectives", "[{class_path: vlp.objectives.ContrastiveLoss}, {class_path: tests.test_cli.NeedsViews}]"],
+     "objective views needs batch fields ['views'], which this data pipeline does not make"),
 ])
 def test_bad_overrides_end_in_one_line_before_training(capsys, argv, expected):
     line = _error_line(capsys, ["fit", "--recipe", "clip_tiny", *TINY, "--trainer.max_steps", "1",

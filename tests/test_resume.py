@@ -96,3 +96,15 @@ def test_atomic_save_keeps_the_previous_file_when_writing_fails(tmp_path, monkey
     monkeypatch.undo()
     assert torch.load(target)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left
+
+
+def test_resampled_stream_resumes_at_a_fresh_position_and_says_so(tmp_path):
+    first = subprocess.run(_cmd(tmp_path, 0, 4, "--data.resampled", "true"), capture_output=True, text=True,
+                           timeout=300, env=_env())
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = subprocess.run(_cmd(tmp_path, 0, 6, "--data.resampled", "true", "--ckpt_path", "last"),
+                             capture_output=True, text=True, timeout=300, env=_env())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "data.resampled: the stream resumes at a fresh position seeded from (seed, epoch 0, step 4)" in \
+        resumed.stderr
+    assert set(_losses(tmp_path / "clip_tiny" / "version_1")) == {4, 5}

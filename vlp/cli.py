@@ -63,6 +63,7 @@ def _make_cli_class(argv: list[str], recipe: str | None = None):
 
         def before_fit(self) -> None:
             check_tokenizer(self.model, self.datamodule)
+            check_batch_fields(self.model, self.datamodule)
             self.model.recipe = recipe
             install_atomic_checkpoints(self.trainer)
             config = self.config_init[self.subcommand]
@@ -143,6 +144,20 @@ def find_last_checkpoint(trainer) -> str | None:
     if trainer.global_rank == 0:
         print(f"resuming from {best}")
     return str(best)
+
+
+def check_batch_fields(model, datamodule) -> None:
+    """Every objective's ``needs`` must be among the fields the data pipeline makes, checked
+    before training rather than at the first batch."""
+    provides = getattr(datamodule, "batch_fields", None)
+    if provides is None:
+        return
+    fields = provides()
+    for objective in getattr(model, "objectives", []):
+        missing = set(getattr(objective, "needs", ())) - fields
+        if missing:
+            raise VLPError(f"objective {objective.name} needs batch fields {sorted(missing)}, which this data "
+                           f"pipeline does not make (it makes {sorted(fields)})")
 
 
 def check_tokenizer(model, datamodule) -> None:
@@ -248,6 +263,10 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvert())
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.stream = sys.stderr  # the stderr of this call, not of the first import
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         run_cli(argv)

@@ -157,6 +157,10 @@ class VLPDataModule(LightningDataModule):
         self._workers = workers
         return ResumableLoader(self, stream, num_workers=self.num_workers)
 
+    def batch_fields(self) -> frozenset[str]:
+        """The fields of a training batch (objectives' ``needs`` are checked against them)."""
+        return frozenset({"image", "text", "caption"})
+
     def eval_data(self, num_workers: int | None = None) -> EvalData:
         """The tokenizer and eval image size for ``vlp.eval`` (see vlp.eval.features)."""
         return EvalData(self.tokenizer, self.image_size, self.num_workers if num_workers is None else num_workers)
