@@ -34,36 +34,37 @@ def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_sigkill_and_resume_give_the_uninterrupted_losses(tmp_path, workers):
-    steps = 30  # 160 samples / batch 8 = 20 batches an epoch: the run crosses an epoch boundary
-    ref = subprocess.run(_cmd(tmp_path / "ref", workers, steps), capture_output=True, text=True, timeout=300,
+@pytest.mark.parametrize("workers, ranks", [(0, 1), (2, 1), (1, 2)])
+def test_sigkill_and_resume_give_the_uninterrupted_losses(tmp_path, workers, ranks):
+    steps = 30 if ranks == 1 else 14  # 160 samples / (batch 8 x ranks) an epoch: the run crosses an epoch end
+    ddp = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"] if ranks > 1 else []
+    ref = subprocess.run(_cmd(tmp_path / "ref", workers, steps, *ddp), capture_output=True, text=True, timeout=300,
                          env=_env())
     assert ref.returncode == 0, ref.stderr[-3000:]
     expected = _losses(tmp_path / "ref" / "clip_tiny" / "version_0")
     assert len(expected) == steps
     # keep the last 2 step checkpoints (+ last.ckpt), written without leftovers
     ckpts = sorted(p.name for p in (tmp_path / "ref" / "clip_tiny" / "version_0" / "checkpoints").iterdir())
-    assert ckpts == ["epoch=1-step=28.ckpt", "epoch=1-step=30.ckpt", "last.ckpt"], ckpts
+    assert ckpts == [f"epoch=1-step={steps - 2}.ckpt", f"epoch=1-step={steps}.ckpt", "last.ckpt"], ckpts
 
-    # the same run, killed with SIGKILL once a checkpoint after step 6 exists
+    # the same run, killed with SIGKILL (every rank) once a checkpoint after step 8 exists
     run = tmp_path / "run"
-    proc = subprocess.Popen(_cmd(run, workers, steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=_env())
+    proc = subprocess.Popen(_cmd(run, workers, steps, *ddp), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=_env(), start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         if any(int(p.stem.split("step=")[1]) >= 8 for p in run.glob("clip_tiny/version_0/checkpoints/epoch=*.ckpt")):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     killed_at = max(torch.load(p, weights_only=True)["global_step"]
                     for p in run.glob("clip_tiny/version_0/checkpoints/*.ckpt"))
     assert 8 <= killed_at < steps
 
-    resumed = subprocess.run(_cmd(run, workers, steps, "--ckpt_path", "last"), capture_output=True, text=True,
-                             timeout=300, env=_env())
+    resumed = subprocess.run(_cmd(run, workers, steps, *ddp, "--ckpt_path", "last"), capture_output=True,
+                             text=True, timeout=300, env=_env())
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from" in resumed.stdout
     got = _losses(run / "clip_tiny" / "version_1")
