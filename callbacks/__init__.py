@@ -2,5 +2,6 @@
 
 from vlp.callbacks.checkpoint import StepCheckpoint
 from vlp.callbacks.eval_tasks import EvalTasks
+from vlp.callbacks.flip import UnmaskedTuning
 
-__all__ = ["EvalTasks", "StepCheckpoint"]
+__all__ = ["EvalTasks", "StepCheckpoint", "UnmaskedTuning"]

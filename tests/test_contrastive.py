@@ -6,7 +6,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from vlp.objectives import ContrastiveLoss
+from vlp.objectives import ContrastiveLoss, SigmoidLoss
 
 
 def reference_clip_loss(image, text, scale):
@@ -73,12 +73,13 @@ def test_label_smoothing_matches_torch():
 class _Towers(torch.nn.Module):
     """Stand-in towers with fixed seeded weights."""
 
-    def __init__(self):
+    def __init__(self, kind="clip"):
         super().__init__()
         torch.manual_seed(0)
         self.img = torch.nn.Linear(7, 5)
         self.txt = torch.nn.Linear(3, 5)
-        self.loss = ContrastiveLoss(init_logit_scale=math.log(5.0))
+        self.loss = (ContrastiveLoss(init_logit_scale=math.log(5.0)) if kind == "clip"
+                     else SigmoidLoss(init_logit_scale=math.log(5.0), init_logit_bias=-2.0))
 
     def forward(self, x_img, x_txt):
         out = {"image_embed": F.normalize(self.img(x_img), dim=-1), "text_embed": F.normalize(self.txt(x_txt), dim=-1)}
@@ -90,12 +91,12 @@ def _data():
     return torch.randn(8, 7, generator=g), torch.randn(8, 3, generator=g)
 
 
-def _rank_main(rank, world, init_file, out_dir):
+def _rank_main(rank, world, init_file, out_dir, kind):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    model = DDP(_Towers())
+    model = DDP(_Towers(kind))
     x_img, x_txt = _data()
     per = x_img.shape[0] // world
     loss = model(x_img[rank * per:(rank + 1) * per], x_txt[rank * per:(rank + 1) * per])
@@ -111,12 +112,57 @@ def _rank_main(rank, world, init_file, out_dir):
     dist.destroy_process_group()
 
 
-def test_two_gloo_ranks_give_the_single_process_loss_and_gradients(tmp_path):
-    mp.spawn(_rank_main, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("kind", ["clip", "sigmoid"])
+def test_two_gloo_ranks_give_the_single_process_loss_and_gradients(tmp_path, kind):
+    mp.spawn(_rank_main, args=(2, str(tmp_path / "init"), str(tmp_path), kind), nprocs=2, join=True)
     got = torch.load(tmp_path / "r.pt")
-    model = _Towers()
+    model = _Towers(kind)
     loss = model(*_data())
     loss.backward()
     assert torch.allclose(got["loss"], loss.detach(), atol=1e-6)
     for name, p in model.named_parameters():
         assert torch.allclose(got["grads"][name], p.grad, atol=1e-6), name
+
+
+def reference_sigmoid_loss(image, text, scale, bias):
+    """Hand-written float64 SigLIP loss: -1/n sum_i sum_j log sigmoid(label_ij (scale <i, j> + bias))."""
+    n = image.shape[0]
+    total = 0.0
+    for i in range(n):
+        for j in range(n):
+            z = scale * float(image[i].double() @ text[j].double()) + bias
+            label = 1.0 if i == j else -1.0
+            total += math.log1p(math.exp(-label * z))  # -log sigmoid(label * z)
+    return total / n
+
+
+def test_sigmoid_loss_matches_hand_computed_reference_and_defaults():
+    image, text = _features(n=5)
+    loss_fn = SigmoidLoss()
+    assert math.isclose(loss_fn.logit_scale.exp().item(), 10.0, rel_tol=1e-6) and loss_fn.logit_bias.item() == -10.0
+    loss, metrics = loss_fn({"image_embed": image, "text_embed": text}, {})
+    assert math.isclose(loss.item(), reference_sigmoid_loss(image, text, 10.0, -10.0), rel_tol=1e-5)
+    loss2, _ = SigmoidLoss(init_logit_scale=math.log(3.0), init_logit_bias=0.5)(
+        {"image_embed": image, "text_embed": text}, {})
+    assert math.isclose(loss2.item(), reference_sigmoid_loss(image, text, 3.0, 0.5), rel_tol=1e-5)
+
+
+def test_sigmoid_loss_gradients_match_reference():
+    image, text = _features(n=5)
+    image.requires_grad_(True)
+    text.requires_grad_(True)
+    loss_fn = SigmoidLoss(init_logit_scale=math.log(4.0), init_logit_bias=-1.5)
+    loss, _ = loss_fn({"image_embed": image, "text_embed": text}, {})
+    loss.backward()
+    img64 = image.detach().double().requires_grad_(True)
+    txt64 = text.detach().double().requires_grad_(True)
+    t = torch.tensor(math.log(4.0), dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(-1.5, dtype=torch.float64, requires_grad=True)
+    z = t.exp() * img64 @ txt64.T + b
+    labels = 2 * torch.eye(5, dtype=torch.float64) - 1
+    ref = torch.log1p(torch.exp(-labels * z)).sum() / 5
+    ref.backward()
+    assert torch.allclose(image.grad.double(), img64.grad, atol=1e-5)
+    assert torch.allclose(text.grad.double(), txt64.grad, atol=1e-5)
+    assert math.isclose(loss_fn.logit_scale.grad.item(), t.grad.item(), rel_tol=1e-4)
+    assert math.isclose(loss_fn.logit_bias.grad.item(), b.grad.item(), rel_tol=1e-4)

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from vlp.errors import VLPError
 from vlp.recipes import list_recipes, load_recipe, merge, recipe_names
@@ -61,6 +62,29 @@ def test_every_shipped_recipe_builds_through_the_real_cli(name):
     from tests.conftest import TINY
     from vlp.cli import run_cli
 
-    cli = run_cli(["--recipe", name, *TINY, "--trainer.logger", "false"], run=False)
+    # the GPU recipes name strategies (ddp, deepspeed) that this CPU test replaces
+    cli = run_cli(["--recipe", name, *TINY, "--trainer.logger", "false", "--trainer.strategy", "auto",
+                   "--trainer.precision", "32-true", "--trainer.devices", "1"], run=False)
     assert cli.model.text_tower.embed_dim == 64
     assert cli.datamodule.batch_size == 8
+
+
+@pytest.mark.parametrize("name", [n for n in recipe_names() if n.endswith("_tiny")])
+def test_every_tiny_recipe_trains(name, tmp_path):
+    from tests.conftest import TINY
+    from vlp.cli import run_cli
+
+    cli = run_cli(["fit", "--recipe", name, *TINY, "--trainer.max_steps", "4", "--trainer.enable_progress_bar",
+                   "false", "--trainer.logger.init_args.save_dir", str(tmp_path)])
+    assert cli.trainer.global_step == 4
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+
+
+def test_paper_recipes_carry_their_settings():
+    flip_l = load_recipe("flip_vit_l")
+    assert flip_l["trainer"]["strategy"] == "deepspeed_stage_2" and flip_l["trainer"]["precision"] == "bf16-mixed"
+    assert flip_l["model"]["image_tower"]["init_args"]["mask_ratio"] == 0.5
+    assert flip_l["model"]["image_tower"]["init_args"]["model_name"] == "vit_large_patch16_224"
+    assert flip_l["model"]["optim"]["betas"] == [0.9, 0.95]
+    siglip = load_recipe("siglip_vit_b16")
+    assert siglip["model"]["objectives"][0]["class_path"] == "vlp.objectives.SigmoidLoss"

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from vlp.errors import VLPError
+from vlp.towers.masking import PatchMask
 from vlp.towers.projection import Projection, make_projection
 
 
@@ -55,6 +56,9 @@ class TimmImageTower(nn.Module):
             embedding and projection N(0, width^-0.5). Ignored with pretrained weights.
         model_kwargs: extra keyword arguments for ``timm.create_model``
             (``depth``, ``embed_dim``, ``num_heads``, ``patch_size``, ``drop_path_rate``, ...).
+        mask_ratio: FLIP patch masking in training (vlp.towers.masking.PatchMask): the
+            share of patch tokens dropped per image, 0 = none. Needs a timm ViT (a model
+            with timm's ``patch_drop`` slot); other towers refuse a ratio above 0.
 
     Input ``[B, 3, H, W]``; output ``pooled [B, embed_dim]``, ``tokens`` = ``forward_features``.
     """
@@ -69,6 +73,7 @@ class TimmImageTower(nn.Module):
         pretrained_path: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
         init: Literal["timm", "clip"] = "timm",
+        mask_ratio: float = 0.0,
     ):
         super().__init__()
         kwargs = dict(model_kwargs or {})
@@ -96,6 +101,35 @@ class TimmImageTower(nn.Module):
             if isinstance(self.proj, nn.Linear):
                 nn.init.normal_(self.proj.weight, std=self.width**-0.5)
         self.embed_dim = embed_dim
+        self.mask: PatchMask | None = None
+        if hasattr(self.trunk, "patch_drop") and hasattr(self.trunk, "num_prefix_tokens"):
+            if mask_ratio > 0 and kwargs.get("patch_drop_rate"):
+                raise VLPError("give FLIP masking as image_tower.mask_ratio, not also timm's patch_drop_rate")
+            if not isinstance(self.trunk.patch_drop, nn.Identity) and not mask_ratio:
+                return  # timm's own PatchDropout stays as configured
+            self.mask = PatchMask(0.0, self.trunk.num_prefix_tokens)
+            self.trunk.patch_drop = self.mask
+        if mask_ratio:
+            if self.mask is None:
+                raise VLPError(f"image tower '{model_name}' cannot mask patches (FLIP): mask_ratio needs a timm "
+                               "Vision Transformer (vit_*, deit_*, ...); ResNet, ConvNeXt, EfficientNet and "
+                               "MLP-Mixer towers have no token sequence to drop from")
+            try:
+                self.mask.ratio = mask_ratio
+            except ValueError as e:
+                raise VLPError(f"image_tower.mask_ratio: {e}") from None
+
+    @property
+    def mask_ratio(self) -> float:
+        return self.mask.ratio if self.mask is not None else 0.0
+
+    @mask_ratio.setter
+    def mask_ratio(self, value: float) -> None:
+        if self.mask is None:
+            if value:
+                raise VLPError("this image tower cannot mask patches")
+            return
+        self.mask.ratio = value
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         tokens = self.trunk.forward_features(image)

@@ -1,0 +1,57 @@
+"""SigLIP's pairwise sigmoid loss (Zhai et al. 2023; big_vision's sigmoid loss)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlp.objectives.base import Objective
+from vlp.objectives.gather import all_gather_with_grad, rank_and_world
+
+
+class SigmoidLoss(Objective):
+    """Every image-text pair is a binary problem: ``z_ij = t * <I_i, T_j> + b``, label
+    ``+1`` for the pair on the diagonal and ``-1`` elsewhere,
+    ``loss = -1/N sum_i sum_j log sigmoid(label_ij * z_ij)`` (sum over texts, mean over
+    images, as big_vision). ``t = exp(logit_scale)`` with ``logit_scale`` initialised to
+    ``ln 10`` and the bias ``b`` to ``-10``, both learned; ``logit_scale`` is clamped to
+    ``[0, max_logit_scale]`` after each step (as open_clip).
+
+    Under several ranks each rank scores its own images against the texts of all ranks,
+    gathered with gradient, so the loss and gradients equal those of one process on the
+    whole batch (big_vision exchanges text chunks between neighbours; the sums are the same).
+
+    Args:
+        weight, name: see Objective.
+        init_logit_scale: initial ``logit_scale`` (``ln 10``).
+        init_logit_bias: initial bias (``-10``).
+        max_logit_scale: upper clamp of ``logit_scale``.
+    """
+
+    default_name = "sigmoid"
+
+    def __init__(self, weight: float = 1.0, name: str | None = None, init_logit_scale: float = math.log(10),
+                 init_logit_bias: float = -10.0, max_logit_scale: float = math.log(100)):
+        super().__init__(weight, name)
+        self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
+        self.logit_bias = nn.Parameter(torch.tensor(float(init_logit_bias)))
+        self.max_logit_scale = max_logit_scale
+
+    def forward(self, outputs: dict[str, torch.Tensor], batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image, text = outputs["image_embed"], outputs["text_embed"]
+        rank, _ = rank_and_world()
+        all_text = all_gather_with_grad(text)
+        scale = self.logit_scale.exp()
+        logits = scale * image @ all_text.T + self.logit_bias  # [B_local, B_total]
+        labels = -torch.ones_like(logits)
+        rows = torch.arange(image.shape[0], device=image.device)
+        labels[rows, rows + rank * image.shape[0]] = 1.0
+        loss = -F.logsigmoid(labels * logits).sum(dim=1).mean()
+        return loss, {"logit_scale": scale.detach(), "logit_bias": self.logit_bias.detach()}
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        self.logit_scale.clamp_(0, self.max_logit_scale)
