@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import datetime
 import fnmatch
@@ -86,7 +87,14 @@ def load_for_eval(path: str, device: str = "cpu"):
     hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
     if not isinstance(hp.get("image_tower"), dict):
         raise VLPError(f"checkpoint {path} holds no vlp model config (was it written by `vlp fit`?)")
-    module = VLPModule.load_from_checkpoint(path, map_location="cpu").to(device).eval()
+    # the weights come from the checkpoint: do not read the run's pretrained files again
+    tower = copy.deepcopy(hp["image_tower"])
+    init_args = tower.setdefault("init_args", {})
+    for key, value in (("pretrained_path", None), ("init_from", None), ("lock", False), ("unlocked_groups", 0),
+                       ("head", "new")):
+        if key in init_args:
+            init_args[key] = value
+    module = VLPModule.load_from_checkpoint(path, map_location="cpu", image_tower=tower).to(device).eval()
     dm = ckpt.get("datamodule_hyper_parameters") or {}
     image_args = hp["image_tower"].get("init_args", {})
     text_args = hp.get("text_tower", {}).get("init_args", {})

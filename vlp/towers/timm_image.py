@@ -59,6 +59,17 @@ class TimmImageTower(nn.Module):
         mask_ratio: FLIP patch masking in training (vlp.towers.masking.PatchMask): the
             share of patch tokens dropped per image, 0 = none. Needs a timm ViT (a model
             with timm's ``patch_drop`` slot); other towers refuse a ratio above 0.
+        init_from: a vlp checkpoint (``.ckpt`` of `vlp fit`) whose image tower weights are
+            loaded (same architecture), e.g. the image tower of an earlier SLIP run.
+        lock: LiT (Zhai et al. 2022): freeze the trunk; its parameters get no gradient and
+            stay out of the optimiser. Needs pretrained weights (``pretrained_path`` or
+            ``init_from``).
+        unlocked_groups: with ``lock``, leave the last N of timm's layer groups trainable
+            (for a ViT: the last N blocks, the final norm going with the last one).
+        freeze_bn_stats: with ``lock``, batch-norm layers of the locked part stay in eval
+            mode, so their running statistics do not move.
+        head: with ``lock``, ``new`` = a fresh trainable projection (LiT's default);
+            ``keep`` = the projection loaded from ``init_from``, locked too.
 
     Input ``[B, 3, H, W]``; output ``pooled [B, embed_dim]``, ``tokens`` = ``forward_features``.
     """
@@ -74,6 +85,11 @@ class TimmImageTower(nn.Module):
         model_kwargs: dict[str, Any] | None = None,
         init: Literal["timm", "clip"] = "timm",
         mask_ratio: float = 0.0,
+        init_from: str | None = None,
+        lock: bool = False,
+        unlocked_groups: int = 0,
+        freeze_bn_stats: bool = True,
+        head: Literal["new", "keep"] = "new",
     ):
         super().__init__()
         kwargs = dict(model_kwargs or {})
@@ -96,7 +112,7 @@ class TimmImageTower(nn.Module):
             raise VLPError(f"timm model '{model_name}' rejects its arguments {sorted(kwargs)}: {e}") from None
         self.width = self.trunk.num_features
         self.proj = make_projection(proj, self.width, embed_dim)
-        if init == "clip" and pretrained_path is None:
+        if init == "clip" and pretrained_path is None and init_from is None:
             clip_init(self.trunk, self.width)
             if isinstance(self.proj, nn.Linear):
                 nn.init.normal_(self.proj.weight, std=self.width**-0.5)
@@ -105,10 +121,9 @@ class TimmImageTower(nn.Module):
         if hasattr(self.trunk, "patch_drop") and hasattr(self.trunk, "num_prefix_tokens"):
             if mask_ratio > 0 and kwargs.get("patch_drop_rate"):
                 raise VLPError("give FLIP masking as image_tower.mask_ratio, not also timm's patch_drop_rate")
-            if not isinstance(self.trunk.patch_drop, nn.Identity) and not mask_ratio:
-                return  # timm's own PatchDropout stays as configured
-            self.mask = PatchMask(0.0, self.trunk.num_prefix_tokens)
-            self.trunk.patch_drop = self.mask
+            if isinstance(self.trunk.patch_drop, nn.Identity):  # else timm's own PatchDropout stays
+                self.mask = PatchMask(0.0, self.trunk.num_prefix_tokens)
+                self.trunk.patch_drop = self.mask
         if mask_ratio:
             if self.mask is None:
                 raise VLPError(f"image tower '{model_name}' cannot mask patches (FLIP): mask_ratio needs a timm "
@@ -118,6 +133,62 @@ class TimmImageTower(nn.Module):
                 self.mask.ratio = mask_ratio
             except ValueError as e:
                 raise VLPError(f"image_tower.mask_ratio: {e}") from None
+
+        if init_from is not None:
+            self._load_vlp_tower(init_from, keep_proj=head == "keep")
+        elif head == "keep":
+            raise VLPError("image_tower.head keep takes the projection from init_from (a vlp checkpoint)")
+        self.locked = lock
+        self.freeze_bn_stats = freeze_bn_stats
+        if lock:
+            if pretrained_path is None and init_from is None:
+                raise VLPError("image_tower.lock freezes pretrained weights: give pretrained_path (a timm checkpoint) "
+                               "or init_from (a vlp checkpoint)")
+            self._lock(unlocked_groups, lock_proj=head == "keep")
+        elif unlocked_groups:
+            raise VLPError("image_tower.unlocked_groups needs lock: true")
+
+    def _load_vlp_tower(self, path: str, keep_proj: bool) -> None:
+        if not Path(path).is_file():
+            raise VLPError(f"image_tower.init_from: checkpoint {path} not found")
+        state = torch.load(path, map_location="cpu", weights_only=True).get("state_dict", {})
+        tower = {k[len("image_tower."):]: v for k, v in state.items() if k.startswith("image_tower.")}
+        if not tower:
+            raise VLPError(f"image_tower.init_from: {path} holds no image_tower weights")
+        if not keep_proj:
+            tower = {k: v for k, v in tower.items() if not k.startswith("proj.")}
+        result = self.load_state_dict(tower, strict=False)
+        missing = [k for k in result.missing_keys if keep_proj or not k.startswith("proj.")]
+        if missing or result.unexpected_keys:
+            raise VLPError(f"image_tower.init_from: {path} does not fit this tower (missing {missing[:3]}, "
+                           f"unexpected {result.unexpected_keys[:3]}): same model_name and model_kwargs needed")
+
+    def _lock(self, unlocked_groups: int, lock_proj: bool) -> None:
+        for p in self.trunk.parameters():
+            p.requires_grad_(False)
+        if lock_proj:
+            for p in self.proj.parameters():
+                p.requires_grad_(False)
+        if unlocked_groups:
+            matcher = getattr(self.trunk, "group_matcher", None)
+            if matcher is None:
+                raise VLPError("image_tower.unlocked_groups: this timm model defines no layer groups")
+            from timm.models import group_parameters
+
+            groups = group_parameters(self.trunk, matcher(coarse=True))
+            params = dict(self.trunk.named_parameters())
+            for gid in sorted(groups)[-unlocked_groups:]:
+                for name in groups[gid]:
+                    params[name].requires_grad_(True)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and getattr(self, "locked", False) and self.freeze_bn_stats:
+            for m in self.trunk.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
+                        p.requires_grad for p in m.parameters(recurse=False)):
+                    m.eval()
+        return self
 
     @property
     def mask_ratio(self) -> float:
