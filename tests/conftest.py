@@ -20,6 +20,19 @@ TINY = [
     "--model.text_tower.embed_dim", "64",
 ]
 
+# The same for recipes with an EfficientNet + BERT-like (transformers) pair (ALIGN).
+TINY_ALIGN = [
+    "--data.batch_size", "8", "--data.num_workers", "0", "--data.image_size", "32",
+    "--model.image_tower.model_name", "efficientnet_b0", "--model.image_tower.embed_dim", "64",
+    "--model.text_tower.embed_dim", "64",
+    "--model.text_tower.config", "{model_type: bert, vocab_size: 8192, hidden_size: 64, num_hidden_layers: 2, "
+    "num_attention_heads: 2, intermediate_size: 128, max_position_embeddings: 64}",
+]
+
+
+def tiny_overrides(recipe: str) -> list[str]:
+    return TINY_ALIGN if recipe.startswith("align") else TINY
+
 
 @pytest.fixture(autouse=True)
 def _restore_torch_state():

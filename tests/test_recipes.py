@@ -59,13 +59,13 @@ def test_extends_cycle_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("name", recipe_names())
 def test_every_shipped_recipe_builds_through_the_real_cli(name):
-    from tests.conftest import TINY
+    from tests.conftest import tiny_overrides
     from vlp.cli import run_cli
 
     # the GPU recipes name strategies (ddp, deepspeed) that this CPU test replaces
     # LiT recipes lock weights that the user supplies; tests/test_lit.py runs them with weights
     unlocked = ["--model.image_tower.init_args.lock", "false"] if name.startswith("lit_") else []
-    cli = run_cli(["--recipe", name, *TINY, "--trainer.logger", "false", "--trainer.strategy", "auto",
+    cli = run_cli(["--recipe", name, *tiny_overrides(name), "--trainer.logger", "false", "--trainer.strategy", "auto",
                    "--trainer.precision", "32-true", "--trainer.devices", "1", *unlocked], run=False)
     assert cli.model.text_tower.embed_dim == 64
     assert cli.datamodule.batch_size == 8
@@ -73,10 +73,10 @@ def test_every_shipped_recipe_builds_through_the_real_cli(name):
 
 @pytest.mark.parametrize("name", [n for n in recipe_names() if n.endswith("_tiny") and n != "lit_tiny"])
 def test_every_tiny_recipe_trains(name, tmp_path):
-    from tests.conftest import TINY
+    from tests.conftest import tiny_overrides
     from vlp.cli import run_cli
 
-    cli = run_cli(["fit", "--recipe", name, *TINY, "--trainer.max_steps", "4", "--trainer.enable_progress_bar",
+    cli = run_cli(["fit", "--recipe", name, *tiny_overrides(name), "--trainer.max_steps", "4", "--trainer.enable_progress_bar",
                    "false", "--trainer.logger.init_args.save_dir", str(tmp_path)])
     assert cli.trainer.global_step == 4
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])

@@ -119,3 +119,28 @@ def test_clip_init_attention_and_projection():
     assert attn.qkv.bias.abs().sum() == 0 and attn.proj.bias.abs().sum() == 0
     assert attn.qkv.weight.abs().max() <= (6 / (64 + 192)) ** 0.5 + 1e-6  # xavier-uniform bound
     assert abs(tower.proj.weight.std().item() - 64**-0.5) < 0.02
+
+
+def test_augreg_regularisers_reach_timm():
+    from timm.layers import DropPath
+
+    tower = TimmImageTower("vit_tiny_patch16_224", embed_dim=32, image_size=32,
+                           model_kwargs=dict(patch_size=8, embed_dim=64, depth=3, num_heads=2, drop_path_rate=0.2,
+                                             drop_rate=0.1))
+    rates = [b.drop_path1.drop_prob for b in tower.trunk.blocks if isinstance(b.drop_path1, DropPath)]
+    assert rates and rates[-1] == pytest.approx(0.2)  # stochastic depth, rising linearly with depth
+    assert tower.trunk.head_drop.p == pytest.approx(0.1)  # dropout on the pooled features
+
+
+def test_randaugment_changes_training_images_and_bad_strings_fail():
+    from vlp.data.datamodule import VLPDataModule
+    from vlp.errors import VLPError
+
+    def first_batch(**kw):
+        dm = VLPDataModule(batch_size=8, num_workers=0, image_size=32, seed=0, train_num_samples=8, **kw)
+        return next(iter(dm.train_dataloader()))["image"]
+
+    assert torch.equal(first_batch(), first_batch())
+    assert not torch.equal(first_batch(), first_batch(randaugment="rand-m9-n2"))
+    with pytest.raises(VLPError, match="data.randaugment"):
+        VLPDataModule(randaugment="autoaug-v0")

@@ -72,7 +72,10 @@ class VLPModule(LightningModule):
             raise VLPError(f"image and text towers must share embed_dim, got {dims[0]} and {dims[1]}")
         self.image_tower = image_tower
         self.text_tower = text_tower
+        for objective in objectives:
+            objective.attach(image_tower, text_tower)
         self.objectives = nn.ModuleList(objectives)
+        self._needs_views = any("views" in o.needs for o in objectives)
         self.optim = optim or OptimConfig()
         self.recipe: str | None = None  # set by `vlp fit --recipe`, kept in checkpoints
         self.nonfinite_skipped = 0
@@ -111,12 +114,17 @@ class VLPModule(LightningModule):
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         img = self.image_tower(batch["image"])
         txt = self.text_tower(batch["text"])
-        return {
+        outputs = {
             "image_embed": F.normalize(img["pooled"], dim=-1),
             "text_embed": F.normalize(txt["pooled"], dim=-1),
             "image_tokens": img["tokens"],
             "text_tokens": txt["tokens"],
         }
+        if self._needs_views and "views" in batch:  # SLIP: both views through the same tower at once
+            views = batch["views"]
+            feats = self.image_tower(views.flatten(0, 1))["features"]
+            outputs["view_features"] = feats.view(2, views.shape[1], -1)
+        return outputs
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         outputs = self(batch)

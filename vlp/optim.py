@@ -21,7 +21,8 @@ class OptimConfig:
         weight_decay: AdamW decay, applied to matrices only (see param_groups).
         betas, eps: AdamW moments and epsilon (CLIP: 0.9, 0.98, 1e-6).
         warmup_steps: linear warmup from lr/warmup_steps to lr.
-        schedule: ``cosine`` (to 0 at the last step, as open_clip) or ``constant``.
+        schedule: ``cosine`` (to 0 at the last step, as open_clip), ``linear`` (to 0, as
+            ALIGN) or ``constant``.
         max_nonfinite_in_row: a step whose loss or gradients are not finite is skipped
             (no parameter update, counted as ``train/nonfinite_skipped``); after more than
             this many in a row the run stops with an error. With 16-mixed precision the
@@ -33,7 +34,7 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     warmup_steps: int = 0
-    schedule: Literal["cosine", "constant"] = "cosine"
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
     max_nonfinite_in_row: int = 5
 
     def __post_init__(self):
@@ -78,6 +79,8 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> 
     if schedule == "constant":
         return 1.0
     e, es = step - warmup_steps, max(1, total_steps - warmup_steps)
+    if schedule == "linear":
+        return 1.0 - min(e, es) / es
     return 0.5 * (1 + math.cos(math.pi * min(e, es) / es))
 
 

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from vlp.data.shards import count_samples, expand_shards
 from vlp.data.stream import CONVERT_REASONS, SKIP_REASONS, SampleDecoder, ShardStream
 from vlp.data.tokenizer import HFTokenizer, TextTokenizer
-from vlp.data.transforms import image_transform
+from vlp.data.transforms import image_transform, randaugment_transform, ssl_view_transform
 from vlp.errors import VLPError
 from vlp.eval.features import EvalData
 
@@ -65,6 +65,11 @@ class VLPDataModule(LightningDataModule):
             read is bad (checked from 100 samples on).
         max_image_pixels: images with more pixels are skipped as decompression bombs
             (judged from the header, before decoding).
+        randaugment: timm RandAugment string for training images (AugReg), e.g.
+            ``rand-m10-n2``; None = none.
+        ssl_views: also make SLIP's two SimCLR views of every image (``batch["views"]``,
+            ``[2, B, 3, H, W]``); only when an objective needs them.
+        ssl_crop_scale: area range of the views' random resized crop.
 
     Bad samples are skipped and counted by reason, odd image modes converted and counted
     (see vlp.data.stream.SampleDecoder); the counts are logged as ``data/*`` metrics and
@@ -89,6 +94,9 @@ class VLPDataModule(LightningDataModule):
         seed: int | None = None,
         max_bad_fraction: float = 0.05,
         max_image_pixels: int = 89_478_485,
+        randaugment: str | None = None,
+        ssl_views: bool = False,
+        ssl_crop_scale: tuple[float, float] = (0.08, 1.0),
     ):
         super().__init__()
         # saved in checkpoints (as the recipe's values under the CLI) so that `vlp eval`
@@ -114,6 +122,11 @@ class VLPDataModule(LightningDataModule):
         self.seed = seed
         self.max_bad_fraction = max_bad_fraction
         self.max_image_pixels = max_image_pixels
+        self.randaugment = randaugment
+        if randaugment:
+            randaugment_transform(randaugment)  # a malformed string fails here, before training
+        self.ssl_views = ssl_views
+        self.ssl_crop_scale = tuple(ssl_crop_scale)
         self.stats: Counter = Counter()  # this rank's samples read / skipped / converted, whole run
         self._next_epoch = 0
         self._epoch = 0
@@ -149,8 +162,9 @@ class VLPDataModule(LightningDataModule):
         if self.seed is None:
             env = os.environ.get("PL_GLOBAL_SEED")
             self.seed = int(env) if env is not None else int.from_bytes(os.urandom(4), "little")
-        decode = SampleDecoder(image_transform(self.image_size, True, self.crop_scale), self.caption_key,
-                               self.max_image_pixels)
+        views = ssl_view_transform(self.image_size, self.ssl_crop_scale) if self.ssl_views else None
+        decode = SampleDecoder(image_transform(self.image_size, True, self.crop_scale, randaugment=self.randaugment),
+                               self.caption_key, self.max_image_pixels, view_transform=views)
         stream = ShardStream(self.shards, decode, self.tokenizer, self.batch_size, batches_per_worker=per_worker,
                              shuffle_buffer=self.shuffle_buffer, resampled=self.resampled, seed=self.seed)
         stream.length = per_worker * workers
@@ -159,7 +173,7 @@ class VLPDataModule(LightningDataModule):
 
     def batch_fields(self) -> frozenset[str]:
         """The fields of a training batch (objectives' ``needs`` are checked against them)."""
-        return frozenset({"image", "text", "caption"})
+        return frozenset({"image", "text", "caption"} | ({"views"} if self.ssl_views else set()))
 
     def eval_data(self, num_workers: int | None = None) -> EvalData:
         """The tokenizer and eval image size for ``vlp.eval`` (see vlp.eval.features)."""

@@ -69,10 +69,12 @@ class SampleDecoder:
           modes: converted to RGB, counted ``mode_to_rgb``.
     """
 
-    def __init__(self, transform: Callable, caption_key: str = "txt", max_pixels: int = 89_478_485):
+    def __init__(self, transform: Callable, caption_key: str = "txt", max_pixels: int = 89_478_485,
+                 view_transform: Callable | None = None):
         self.transform = transform
         self.caption_key = caption_key
         self.max_pixels = max_pixels
+        self.view_transform = view_transform  # SLIP: two extra augmented views per image
 
     def caption(self, sample: dict) -> str:
         raw = sample.get(self.caption_key)
@@ -111,12 +113,16 @@ class SampleDecoder:
             counts["mode_to_rgb"] += 1
         return im
 
-    def __call__(self, sample: dict, counts: Counter) -> tuple[torch.Tensor, str]:
+    def __call__(self, sample: dict, counts: Counter) -> tuple:
         ext = next((e for e in IMAGE_EXTS if e in sample), None)
         if ext is None:
             raise BadSample("no_image")
         caption = self.caption(sample)
-        return self.transform(self.image(sample[ext], counts)), caption
+        image = self.image(sample[ext], counts)
+        if self.view_transform is None:
+            return self.transform(image), caption
+        views = torch.stack([self.view_transform(image), self.view_transform(image)])
+        return self.transform(image), caption, views
 
 
 def buffer_shuffle(items, size: int, rng: random.Random):
@@ -252,6 +258,9 @@ class ShardStream(IterableDataset):
                 )
 
     def _batch(self, items: list, state: dict) -> dict:
-        images, captions = zip(*items)
-        return {"image": torch.stack(images), "text": self.tokenizer(list(captions)), "caption": list(captions),
-                "_state": state}
+        images, captions, *views = zip(*items)
+        batch = {"image": torch.stack(images), "text": self.tokenizer(list(captions)), "caption": list(captions),
+                 "_state": state}
+        if views:  # [2, B, 3, H, W]: the two SimCLR views of every image
+            batch["views"] = torch.stack(views[0], dim=1)
+        return batch

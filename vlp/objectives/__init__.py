@@ -8,5 +8,6 @@ so a new objective is a new class here and a line in a recipe.
 from vlp.objectives.base import Objective
 from vlp.objectives.contrastive import ContrastiveLoss
 from vlp.objectives.sigmoid import SigmoidLoss
+from vlp.objectives.simclr import SimCLRLoss
 
-__all__ = ["ContrastiveLoss", "Objective", "SigmoidLoss"]
+__all__ = ["ContrastiveLoss", "Objective", "SigmoidLoss", "SimCLRLoss"]

@@ -28,5 +28,8 @@ class Objective(nn.Module):
     def forward(self, outputs: dict[str, torch.Tensor], batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    def attach(self, image_tower: nn.Module, text_tower: nn.Module) -> None:
+        """Called once by VLPModule with the towers (e.g. to size a projector on their width)."""
+
     def after_optimizer_step(self) -> None:
         """Called after each optimiser step (e.g. to clamp a learned temperature)."""

@@ -71,7 +71,8 @@ class TimmImageTower(nn.Module):
         head: with ``lock``, ``new`` = a fresh trainable projection (LiT's default);
             ``keep`` = the projection loaded from ``init_from``, locked too.
 
-    Input ``[B, 3, H, W]``; output ``pooled [B, embed_dim]``, ``tokens`` = ``forward_features``.
+    Input ``[B, 3, H, W]``; output ``pooled [B, embed_dim]``, ``features [B, width]`` (pooled,
+    before the projection), ``tokens`` = ``forward_features``.
     """
 
     def __init__(
@@ -205,4 +206,4 @@ class TimmImageTower(nn.Module):
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         tokens = self.trunk.forward_features(image)
         pooled = self.trunk.forward_head(tokens, pre_logits=True)
-        return {"pooled": self.proj(pooled), "tokens": tokens}
+        return {"pooled": self.proj(pooled), "features": pooled, "tokens": tokens}

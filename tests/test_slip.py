@@ -1,0 +1,109 @@
+"""SLIP's SimCLR branch: NT-Xent against a hand-written reference, ranks, views in the data."""
+
+import math
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from vlp.objectives.simclr import SimCLRLoss, nt_xent, slip_mlp
+
+
+def reference_nt_xent(a, b, t):
+    """float64 loops: view a_i's positive is b_i; its negatives every b_j and a_j (j != i)."""
+    a, b = a.double(), b.double()
+    n = a.shape[0]
+    total = 0.0
+    for x, y in ((a, b), (b, a)):
+        for i in range(n):
+            pos = math.exp(float(x[i] @ y[i]) / t)
+            denom = sum(math.exp(float(x[i] @ y[j]) / t) for j in range(n))
+            denom += sum(math.exp(float(x[i] @ x[j]) / t) for j in range(n) if j != i)
+            total += -math.log(pos / denom)
+    return total / (2 * n)
+
+
+def _views(n=6, d=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(n, d, generator=g), dim=-1), F.normalize(torch.randn(n, d, generator=g), dim=-1)
+
+
+def test_nt_xent_matches_hand_computed_reference_and_gradients():
+    a, b = _views()
+    loss, metrics = nt_xent(a, b, 0.1)
+    assert math.isclose(loss.item(), reference_nt_xent(a, b, 0.1), rel_tol=1e-5)
+    assert 0 <= metrics["acc"].item() <= 1
+    a64, b64 = a.double().requires_grad_(), b.double().requires_grad_()
+    a32, b32 = a.clone().requires_grad_(), b.clone().requires_grad_()
+    nt_xent(a32, b32, 0.5)[0].backward()
+    mask = torch.eye(6, dtype=torch.float64) * 1e9
+    la = F.cross_entropy(torch.cat([a64 @ b64.T, a64 @ a64.T - mask * 0.5], 1) / 0.5, torch.arange(6))
+    lb = F.cross_entropy(torch.cat([b64 @ a64.T, b64 @ b64.T - mask * 0.5], 1) / 0.5, torch.arange(6))
+    ((la + lb) / 2).backward()
+    assert torch.allclose(a32.grad.double(), a64.grad, atol=1e-5) and torch.allclose(b32.grad.double(), b64.grad, atol=1e-5)
+
+
+def test_projector_is_slips_three_layer_mlp():
+    mlp = slip_mlp(64, 4096, 256)
+    kinds = [type(m).__name__ for m in mlp]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert mlp[0].in_features == 64 and mlp[-1].out_features == 256
+
+
+def _rank_main(rank, world, init_file, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    a, b = _views(8)
+    per = 8 // world
+    a, b = a[rank * per:(rank + 1) * per].requires_grad_(), b[rank * per:(rank + 1) * per].requires_grad_()
+    loss, _ = nt_xent(a, b, 0.2)
+    loss.backward()
+    losses = [torch.zeros(()) for _ in range(world)]
+    dist.all_gather(losses, loss.detach())
+    grads_a = [torch.zeros_like(a) for _ in range(world)]
+    dist.all_gather(grads_a, a.grad)
+    if rank == 0:
+        torch.save({"loss": torch.stack(losses).mean(), "grad_a": torch.cat(grads_a)}, os.path.join(out_dir, "r.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_give_the_single_process_nt_xent(tmp_path):
+    mp.spawn(_rank_main, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    got = torch.load(tmp_path / "r.pt")
+    a, b = _views(8)
+    a.requires_grad_()
+    loss, _ = nt_xent(a, b, 0.2)
+    loss.backward()
+    assert torch.allclose(got["loss"], loss.detach(), atol=1e-6)
+    # each rank's gradient is that of its own loss; DDP averages over ranks: world x the full-batch gradient
+    assert torch.allclose(got["grad_a"] / 2, a.grad, atol=1e-6)
+
+
+def test_views_are_made_only_when_asked_and_reach_the_objective(tiny_module):
+    from vlp.data.datamodule import VLPDataModule
+
+    plain = VLPDataModule(batch_size=4, num_workers=0, image_size=32, context_length=16, seed=0, train_num_samples=8)
+    assert "views" not in next(iter(plain.train_dataloader())) and "views" not in plain.batch_fields()
+    dm = VLPDataModule(batch_size=4, num_workers=0, image_size=32, context_length=16, seed=0, train_num_samples=8,
+                       ssl_views=True)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["views"].shape == (2, 4, 3, 32, 32) and "views" in dm.batch_fields()
+    assert not torch.equal(batch["views"][0], batch["views"][1])  # two different augmentations
+
+    from vlp.module import VLPModule
+    from vlp.objectives import ContrastiveLoss
+
+    module = VLPModule(tiny_module.image_tower, tiny_module.text_tower,
+                       [ContrastiveLoss(), SimCLRLoss(weight=0.5, mlp_dim=32, out_dim=16)])
+    logs = {}
+    module.log = lambda name, value, **kw: logs.__setitem__(name, float(value))
+    batch.pop("_state")
+    total = module.training_step(batch, 0)
+    assert math.isclose(total.item(), logs["train/contrastive_loss"] + 0.5 * logs["train/simclr_loss"], rel_tol=1e-5)
+    total.backward()
+    assert module.objectives[1].mlp[0].weight.grad is not None
+    assert module.image_tower.trunk.patch_embed.proj.weight.grad.abs().sum() > 0
