@@ -107,3 +107,16 @@ def test_views_are_made_only_when_asked_and_reach_the_objective(tiny_module):
     total.backward()
     assert module.objectives[1].mlp[0].weight.grad is not None
     assert module.image_tower.trunk.patch_embed.proj.weight.grad.abs().sum() > 0
+
+
+def test_flip_and_slip_combine_in_one_recipe(tmp_path):
+    from tests.conftest import TINY
+    from vlp.cli import run_cli
+
+    cli = run_cli(["fit", "--recipe", "slip_tiny", *TINY, "--model.image_tower.mask_ratio", "0.5",
+                   "--trainer.max_steps", "2", "--trainer.logger", "false", "--trainer.callbacks", "[]",
+                   "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
+                   "--trainer.default_root_dir", str(tmp_path)])
+    assert cli.model.image_tower.mask_ratio == 0.5 and cli.trainer.global_step == 2
+    metrics = cli.trainer.callback_metrics
+    assert torch.isfinite(metrics["train/contrastive_loss"]) and torch.isfinite(metrics["train/simclr_loss"])
