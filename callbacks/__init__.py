@@ -3,5 +3,6 @@
 from vlp.callbacks.checkpoint import StepCheckpoint
 from vlp.callbacks.eval_tasks import EvalTasks
 from vlp.callbacks.flip import UnmaskedTuning
+from vlp.callbacks.throughput import ThroughputMonitor
 
-__all__ = ["EvalTasks", "StepCheckpoint", "UnmaskedTuning"]
+__all__ = ["EvalTasks", "StepCheckpoint", "ThroughputMonitor", "UnmaskedTuning"]
