@@ -4,8 +4,8 @@
         --budget-minutes 4 [extra vlp fit overrides ...]
 
 For each recipe: time a few real training steps in-process (data loading included), choose
-the number of epochs whose schedule fits the budget (85% of it for training, the rest for
-start-up and the final evaluation), then run `vlp fit` in a subprocess with that schedule and
+the number of epochs whose schedule fits 80% of the budget (the rest is for start-up and the
+final evaluation), then run `vlp fit` in a subprocess with that schedule and
 ``trainer.max_time`` as a hard stop. Reports wall time, steps, samples/s, parameters, peak
 memory of the training process, and the recipe's end-of-run emoji evaluation; appends the
 table to benchmarks/results/compare_recipes.md. Recipes run one after another, alone.
@@ -31,9 +31,12 @@ METRICS = [
     ("emoji_twitter_test_retrieval", "image_to_text_R@5", "twitter i->t R@5"),
     ("emoji_google_test_category", "top1", "google category top1"),
 ]
-WRAPPER = ("import atexit, resource, sys; from vlp.cli import main; "
-           "atexit.register(lambda: print('peak_rss_mb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "
-           "file=sys.stderr)); sys.argv = ['vlp'] + sys.argv[1:]; main()")
+# The training process's own peak RSS: VmHWM belongs to the process image (ru_maxrss would carry
+# the parent's high-water mark across fork + exec).
+WRAPPER = ("import atexit, sys; from vlp.cli import main; "
+           "hwm = lambda: next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')); "
+           "atexit.register(lambda: print('peak_rss_mb', hwm() / 1024, file=sys.stderr)); "
+           "sys.argv = ['vlp'] + sys.argv[1:]; main()")
 
 
 def calibrate(recipe: str, extra: list[str], steps: int) -> dict:
@@ -67,7 +70,7 @@ def calibrate(recipe: str, extra: list[str], steps: int) -> dict:
 
 
 def run(recipe: str, extra: list[str], budget_s: float, cal: dict) -> dict:
-    epochs = max(1, int(0.85 * budget_s / (cal["step_s"] * cal["batches_per_epoch"])))
+    epochs = max(1, int(0.8 * budget_s / (cal["step_s"] * cal["batches_per_epoch"])))
     hms = time.strftime("%H:%M:%S", time.gmtime(budget_s))
     work = tempfile.mkdtemp(prefix=f"vlp-compare-{recipe}-")
     cmd = [sys.executable, "-c", WRAPPER, "fit", "--recipe", recipe, "--trainer.max_epochs", str(epochs),
@@ -91,7 +94,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--recipes", default="clip_tiny,flip_tiny,slip_tiny,siglip_tiny")
     ap.add_argument("--budget-minutes", type=float, default=4.0)
-    ap.add_argument("--calibrate-steps", type=int, default=6)
+    ap.add_argument("--calibrate-steps", type=int, default=10)
     args, extra = ap.parse_known_args()
     budget = 60 * args.budget_minutes
     rows = []
