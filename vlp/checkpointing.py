@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from vlp.errors import VLPError
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -41,11 +40,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.close(dir_fd)
 
 
-def newest_checkpoint(run_root: Path) -> Path | None:
-    """The checkpoint with the highest global step under ``run_root`` (all versions), ties
-    broken by modification time; ``None`` when there is none."""
+def newest_checkpoint(*roots: Path) -> Path | None:
+    """The checkpoint with the highest global step under ``roots`` (all versions), ties
+    broken by modification time; ``None`` when there is none. Each file is read once."""
     best, best_key = None, None
-    for path in run_root.glob("**/*.ckpt"):
+    for path in sorted({p for root in roots if root.is_dir() for p in root.glob("**/*.ckpt")}):
         if path.is_symlink() and not path.exists():
             continue
         try:
@@ -56,10 +55,3 @@ def newest_checkpoint(run_root: Path) -> Path | None:
         if best_key is None or key > best_key:
             best, best_key = path, key
     return best
-
-
-def resolve_last(root: Path) -> Path:
-    found = newest_checkpoint(root)
-    if found is None:
-        raise VLPError(f"--ckpt_path last: no checkpoint under {root} to resume from")
-    return found

@@ -132,15 +132,11 @@ def find_last_checkpoint(trainer) -> str | None:
             roots.append(Path(logger.root_dir))
     if not trainer.loggers:
         roots.append(Path(trainer.default_root_dir))
-    found = [c for c in (newest_checkpoint(r) for r in roots if r.is_dir()) if c is not None]
-    if not found:
+    best = newest_checkpoint(*roots)
+    if best is None:
         if trainer.global_rank == 0:
             print(f"--ckpt_path last: no checkpoint under {', '.join(map(str, roots))}; starting from scratch")
         return None
-    import torch
-
-    best = max(found, key=lambda p: (torch.load(p, map_location="cpu", weights_only=False, mmap=True)
-                                     .get("global_step", -1), p.stat().st_mtime))
     if trainer.global_rank == 0:
         print(f"resuming from {best}")
     return str(best)

@@ -126,12 +126,6 @@ class Features:
         return self.image.shape[0]
 
 
-def dist_info() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def gather_objects(obj, world: int) -> list:
     if world == 1:
         return [obj]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import difflib
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
@@ -221,6 +221,3 @@ def task_summary(result: dict) -> str:
         keys = [k for k in m if k.endswith("_top1") and not k.endswith("_std")]
     return "  ".join(f"{k} {100 * m[k]:.1f}%" for k in keys if k in m and not math.isnan(m[k]))
 
-
-def task_as_dict(task: Task) -> dict:
-    return {k: v for k, v in asdict(task).items() if k != "base_dir"}
