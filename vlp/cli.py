@@ -26,6 +26,15 @@ import yaml
 from vlp.errors import VLPError
 
 
+def _union_reason(lines: list[str]) -> str | None:
+    """The first non-None member's reason of jsonargparse's 'Does not validate against any of
+    the Union subtypes' message (each reason is a line starting with '- ')."""
+    if not any("Does not validate against any of the Union subtypes" in ln for ln in lines):
+        return None
+    reasons = [ln.strip()[2:] for ln in lines if ln.strip().startswith("- ") and "NoneType" not in ln]
+    return reasons[0] if reasons else None
+
+
 def _one_line(message: str, argv: list[str] = ()) -> str:
     """jsonargparse's messages nest the reasons of every union member; keep the gist,
     and name the command-line option where jsonargparse names only the last part."""
@@ -33,10 +42,9 @@ def _one_line(message: str, argv: list[str] = ()) -> str:
     if not lines:
         return "invalid arguments"
     head = lines[0].rstrip(":")
-    if any("Does not validate against any of the Union subtypes" in ln for ln in lines):
-        reasons = [ln[2:] for ln in lines if ln.startswith("- ") and "NoneType" not in ln]
-        if reasons:
-            return f"{head}: {reasons[0]}"
+    reason = _union_reason(lines)
+    if reason:
+        return f"{head}: {reason}"
     unknown = re.match(r"Option '([^']+)' is not accepted", head)
     if unknown:
         given = [a.split("=", 1)[0] for a in argv if a.split("=", 1)[0].endswith("." + unknown.group(1))]
@@ -82,11 +90,10 @@ def _make_cli_class(argv: list[str], recipe: str | None = None):
                 super().instantiate_classes()
             except ValueError as e:
                 # a part's own check (VLPError) failed while jsonargparse built it: keep its message
-                if "Does not validate against any of the Union subtypes" not in str(e):
+                lines = str(e).splitlines()
+                if not any("Does not validate against any of the Union subtypes" in ln for ln in lines):
                     raise
-                reasons = [ln.strip()[2:] for ln in str(e).splitlines()
-                           if ln.strip().startswith("- ") and "NoneType" not in ln]
-                raise VLPError(reasons[0] if reasons else _one_line(str(e))) from None
+                raise VLPError(_union_reason(lines) or _one_line(str(e))) from None
 
         def after_fit(self) -> None:
             trainer = self.trainer

@@ -23,14 +23,7 @@ import torch
 
 from vlp.errors import VLPError
 from vlp.eval.features import EvalData
-from vlp.eval.tasks import builtin_tasks, load_task, run_task, task_summary
-
-HEADLINE = {
-    "retrieval": ["image_to_text_R@1", "image_to_text_R@5", "text_to_image_R@1", "text_to_image_R@5"],
-    "zeroshot": ["top1", "top5", "mean_per_class_recall"],
-    "linear_probe": ["top1", "mean_per_class_recall"],
-}
-
+from vlp.eval.tasks import builtin_tasks, headline, load_task, run_task, task_summary
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
@@ -142,13 +135,6 @@ def evaluate(args) -> list[dict]:
             results.append(record)
             print(f"{label}  {task.name:<42} {task_summary(r)}  ({r['seconds']:.1f} s) -> {path}", flush=True)
     return results
-
-
-def headline(record: dict) -> list[str]:
-    keys = HEADLINE.get(record.get("kind"))
-    if keys is None:
-        keys = [k for k in record["metrics"] if k.endswith("_top1") and not k.endswith("_std")]
-    return [k for k in keys if k in record["metrics"]]
 
 
 def records_table(records: list[dict]) -> tuple[str, str]:

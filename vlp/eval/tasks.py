@@ -211,13 +211,22 @@ def run_task(module, task: Task, data: EvalData, batch_size: int = 256, rank: in
             "num_samples": len(feats), "seconds": round(time.perf_counter() - start, 3), "details": details}
 
 
+HEADLINE = {
+    "retrieval": ["image_to_text_R@1", "image_to_text_R@5", "text_to_image_R@1", "text_to_image_R@5"],
+    "zeroshot": ["top1", "top5", "mean_per_class_recall"],
+    "linear_probe": ["top1", "mean_per_class_recall"],
+}
+
+
+def headline(result: dict) -> list[str]:
+    """The headline metric names of a result (few_shot: every (init, k) mean)."""
+    keys = HEADLINE.get(result.get("kind"))
+    if keys is None:
+        keys = [k for k in result["metrics"] if k.endswith("_top1") and not k.endswith("_std")]
+    return [k for k in keys if k in result["metrics"]]
+
+
 def task_summary(result: dict) -> str:
     """The headline metrics of a result, for printing."""
     m = result["metrics"]
-    keys = {"retrieval": ["image_to_text_R@1", "image_to_text_R@5", "text_to_image_R@1"],
-            "zeroshot": ["top1", "top5", "mean_per_class_recall"],
-            "linear_probe": ["top1", "mean_per_class_recall"]}.get(result.get("kind"))
-    if keys is None:  # few_shot: every (init, k) mean
-        keys = [k for k in m if k.endswith("_top1") and not k.endswith("_std")]
-    return "  ".join(f"{k} {100 * m[k]:.1f}%" for k in keys if k in m and not math.isnan(m[k]))
-
+    return "  ".join(f"{k} {100 * m[k]:.1f}%" for k in headline(result) if not math.isnan(m[k]))
