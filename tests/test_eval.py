@@ -310,3 +310,15 @@ def test_user_task_file_on_own_shards(tiny_module, tmp_path):
     result = run_task(tiny_module, task, EvalData(TextTokenizer(context_length=16), 32), batch_size=5)
     assert result["num_samples"] == 12 and result["details"]["num_classes"] == 3  # c0, c1, c2 found
     assert set(result["metrics"]) == {"top1", "mean_per_class_recall"}  # no top5 with 3 classes
+
+
+def test_a_truncated_eval_shard_is_an_error_naming_it(tiny_module, tmp_path):
+    import tarfile
+
+    shard = _shard(tmp_path / "cut.tar", 6)
+    with tarfile.open(shard) as tar:
+        member = tar.getmembers()[10]  # inside the image of the 4th sample
+    data = open(shard, "rb").read()
+    open(shard, "wb").write(data[: member.offset_data + 10])
+    with pytest.raises(VLPError, match="eval shard unreadable: .*cut.tar"):
+        extract_features(tiny_module, [shard], EvalData(TextTokenizer(context_length=16), 32), captions=["txt"])

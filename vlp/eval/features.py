@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vlp.data.shards import expand_shards
 from vlp.data.stream import IMAGE_EXTS
+from vlp.data.tar_reader import ShardError, tar_samples
 from vlp.data.transforms import image_transform
 from vlp.errors import VLPError
 
@@ -96,13 +96,21 @@ class EvalStream(IterableDataset):
             "text_owner": torch.tensor(owner, dtype=torch.long), "label": list(labels),
         }
 
+    def _samples(self) -> Iterator[dict]:
+        """Every sample of every shard, in order, through the training stream's checked tar
+        reader: a broken eval shard is an error naming it (eval must see the whole set)."""
+        for url in self.shards:
+            try:
+                yield from tar_samples(url)
+            except ShardError as e:
+                raise VLPError(f"eval shard unreadable: {e}") from None
+
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         reader, readers = self.rank * workers + worker, self.world * workers
-        samples = wds.tarfile_to_samples()({"url": u} for u in self.shards)
         items = []
-        for index, sample in enumerate(samples):
+        for index, sample in enumerate(self._samples()):
             if index % readers != reader:
                 continue
             items.append(self._decode(index, sample))
