@@ -1,14 +1,24 @@
 """Train several recipes for the same wall-clock budget on the same data and compare them.
 
+    pip install -e '.[bench]'   # matplotlib for the plot
     python benchmarks/compare_recipes.py --recipes clip_tiny,flip_tiny,slip_tiny,siglip_tiny \
-        --budget-minutes 4 [extra vlp fit overrides ...]
+        --budget-minutes 4 [--steps N] [--points 6] [extra vlp fit overrides ...]
 
-For each recipe: time a few real training steps in-process (data loading included), choose
-the number of epochs whose schedule fits 80% of the budget (the rest is for start-up and the
-final evaluation), then run `vlp fit` in a subprocess with that schedule and
-``trainer.max_time`` as a hard stop. Reports wall time, steps, samples/s, parameters, peak
-memory of the training process, and the recipe's end-of-run emoji evaluation; appends the
-table to benchmarks/results/compare_recipes.md. Recipes run one after another, alone.
+Adding a recipe to the comparison is naming it in ``--recipes``. For each recipe: time a few
+real training steps and one learning-curve evaluation in-process (data loading included),
+choose the number of epochs whose schedule fits 80% of the budget after the curve's
+evaluations (the rest is for start-up and the final evaluation), then run `vlp fit` in a
+subprocess with that schedule and ``trainer.max_time`` as a hard stop. With ``--steps N``
+every recipe trains N steps instead (same steps, no time limit). The recipe's EvalTasks
+callback also evaluates google-test retrieval and category zero-shot about ``--points``
+times during training; its ``eval/train_seconds`` (training wall-clock without the
+evaluations) is the time axis of the curve.
+
+Reports wall time, steps, samples/s, parameters, peak memory of the training process, and
+the recipe's end-of-run emoji evaluation; appends the table to
+benchmarks/results/compare_recipes.md, writes the curves to compare_recipes_curves.json and
+plots accuracy against training time in compare_recipes.png. Recipes run one after another,
+alone.
 """
 
 from __future__ import annotations
@@ -22,6 +32,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from vlp.recipes import load_recipe
 
 HERE = Path(__file__).resolve().parent
 METRICS = [
@@ -39,18 +51,28 @@ WRAPPER = ("import atexit, sys; from vlp.cli import main; "
            "sys.argv = ['vlp'] + sys.argv[1:]; main()")
 
 
+CURVE = [("emoji_google_test_retrieval", "image_to_text_R@1", "google test i->t R@1"),
+         ("emoji_google_test_category", "top1", "google test category zero-shot top1")]
+
+
 def calibrate(recipe: str, extra: list[str], steps: int) -> dict:
-    """Seconds per training step (median of ``steps`` after 2 warm-up steps), batches per epoch,
-    parameter count; in-process, real data."""
+    """Seconds per training step (median of ``steps`` after 2 warm-up steps), seconds of one
+    learning-curve evaluation, batches per epoch, parameter count; in-process, real data."""
     import statistics
 
     import torch
 
     from vlp.cli import run_cli
+    from vlp.eval.tasks import load_task, run_task
 
     cli = run_cli(["--recipe", recipe, "--trainer.logger", "false", *extra], run=False)
     model, data = cli.model.train(), cli.datamodule
     model.log = lambda *a, **k: None
+
+    start = time.perf_counter()  # the curve's evaluations of the untrained model: its step 0
+    initial = {t: run_task(model.eval(), load_task(t), data.eval_data(None))["metrics"] for t in {t for t, _, _ in CURVE}}
+    eval_s = time.perf_counter() - start
+    model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
     loader = data.train_dataloader()
     times, it = [], iter(loader)
@@ -64,18 +86,36 @@ def calibrate(recipe: str, extra: list[str], steps: int) -> dict:
         if i >= 2:
             times.append(time.perf_counter() - start)
     del it
-    return {"step_s": statistics.median(times), "batches_per_epoch": len(loader), "batch_size": data.batch_size,
+    return {"step_s": statistics.median(times), "eval_s": eval_s, "initial": initial, "batches_per_epoch": len(loader),
+            "batch_size": data.batch_size,
             "params": sum(p.numel() for p in model.parameters()),
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 
-def run(recipe: str, extra: list[str], budget_s: float, cal: dict) -> dict:
-    epochs = max(1, int(0.8 * budget_s / (cal["step_s"] * cal["batches_per_epoch"])))
-    hms = time.strftime("%H:%M:%S", time.gmtime(budget_s))
+def curve_callbacks(recipe: str, every_n_steps: int) -> str:
+    """The recipe's callbacks with its EvalTasks also evaluating the curve's tasks every N steps."""
+    callbacks = load_recipe(recipe)["trainer"]["callbacks"]
+    evals = [c for c in callbacks if c["class_path"].endswith("EvalTasks")]
+    if not evals:
+        raise SystemExit(f"{recipe} has no EvalTasks callback to evaluate with")
+    evals[0]["init_args"].update(every_n_steps=every_n_steps, periodic_tasks=sorted({t for t, _, _ in CURVE}))
+    return json.dumps(callbacks)
+
+
+def run(recipe: str, extra: list[str], budget_s: float, cal: dict, points: int, steps: int | None) -> dict:
+    if steps:
+        epochs, planned = None, steps
+        limits = ["--trainer.max_steps", str(steps), "--trainer.max_epochs", "-1"]
+    else:
+        train_s = 0.8 * budget_s - points * cal["eval_s"]
+        epochs = max(1, int(train_s / (cal["step_s"] * cal["batches_per_epoch"])))
+        planned = epochs * cal["batches_per_epoch"]
+        hms = time.strftime("%H:%M:%S", time.gmtime(budget_s))
+        limits = ["--trainer.max_epochs", str(epochs), "--trainer.max_time", f"00:{hms}"]
+    every = max(1, round(planned / points))
     work = tempfile.mkdtemp(prefix=f"vlp-compare-{recipe}-")
-    cmd = [sys.executable, "-c", WRAPPER, "fit", "--recipe", recipe, "--trainer.max_epochs", str(epochs),
-           "--trainer.max_time", f"00:{hms}", "--trainer.enable_progress_bar", "false",
-           "--trainer.logger.init_args.save_dir", work, *extra]
+    cmd = [sys.executable, "-c", WRAPPER, "fit", "--recipe", recipe, *limits, "--trainer.enable_progress_bar", "false",
+           "--trainer.logger.init_args.save_dir", work, "--trainer.callbacks", curve_callbacks(recipe, every), *extra]
     start = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=work, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     wall = time.perf_counter() - start
@@ -84,39 +124,67 @@ def run(recipe: str, extra: list[str], budget_s: float, cal: dict) -> dict:
     logs = next(line for line in out.stdout.splitlines() if line.startswith("logs: ")).split(": ", 1)[1]
     evaluation = json.loads((Path(work) / logs / "eval.json").read_text())
     peak = float(next(line for line in out.stderr.splitlines() if line.startswith("peak_rss_mb")).split()[1])
-    steps = evaluation["step"]
+    done = evaluation["step"]
     results = {r["task"]: r["metrics"] for r in evaluation["results"]}
-    return {"recipe": recipe, "epochs": epochs, "steps": steps, "wall_s": wall,
-            "samples_per_s": steps * cal["batch_size"] / wall, "peak_rss_mb": peak, "results": results, **cal}
+    curve = [{"step": 0, "train_seconds": 0.0, "metrics": cal["initial"]}] + evaluation["history"]
+    train_s = evaluation["history"][-1]["train_seconds"]
+    return {"recipe": recipe, "epochs": epochs, "steps": done, "wall_s": wall, "train_s": train_s,
+            "samples_per_s": done * cal["batch_size"] / wall, "train_samples_per_s": done * cal["batch_size"] / train_s,
+            "peak_rss_mb": peak, "results": results, "curve": curve, **cal}
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(CURVE), figsize=(6 * len(CURVE), 4.2))
+    for ax, (task, metric, label) in zip(axes, CURVE):
+        for r in rows:
+            pts = [(h["train_seconds"], 100 * h["metrics"][task][metric]) for h in r["curve"] if task in h["metrics"]]
+            ax.plot(*zip(*pts), marker="o", label=f"{r['recipe']} ({r['steps']} steps)")
+        ax.set_xlabel("training wall-clock (s, evaluations excluded)")
+        ax.set_ylabel(f"{label} (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--recipes", default="clip_tiny,flip_tiny,slip_tiny,siglip_tiny")
     ap.add_argument("--budget-minutes", type=float, default=4.0)
+    ap.add_argument("--steps", type=int, help="train every recipe this many steps instead of a time budget")
+    ap.add_argument("--points", type=int, default=6, help="learning-curve evaluations during training")
     ap.add_argument("--calibrate-steps", type=int, default=10)
     args, extra = ap.parse_known_args()
     budget = 60 * args.budget_minutes
     rows = []
     for recipe in args.recipes.split(","):
         cal = calibrate(recipe, extra, args.calibrate_steps)
-        row = run(recipe, extra, budget, cal)
+        row = run(recipe, extra, budget, cal, args.points, args.steps)
         rows.append(row)
-        print(json.dumps({k: v for k, v in row.items() if k != "results"}), flush=True)
-    head = ["recipe", "epochs", "steps", "wall s", "samples/s (whole run)", "train step s", "params (trainable)",
-            "peak RSS MB", *[m[2] for m in METRICS]]
+        print(json.dumps({k: v for k, v in row.items() if k not in ("results", "curve", "initial")}), flush=True)
+    head = ["recipe", "epochs", "steps", "wall s", "train s", "samples/s (whole run)", "samples/s (training)",
+            "train step s", "params (trainable)", "peak RSS MB", *[m[2] for m in METRICS]]
+    limit = f"{args.steps} steps" if args.steps else f"budget {args.budget_minutes:g} min"
+    command = (f"python benchmarks/compare_recipes.py --recipes {args.recipes} "
+               + (f"--steps {args.steps}" if args.steps else f"--budget-minutes {args.budget_minutes:g}")
+               + (" " + " ".join(extra) if extra else ""))
     lines = [
-        f"\n## {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores ({platform.machine()}), budget "
-        f"{args.budget_minutes:g} min per recipe",
+        f"\n## {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores ({platform.machine()}), {limit} per recipe",
         "",
-        f"`python benchmarks/compare_recipes.py --recipes {args.recipes} --budget-minutes {args.budget_minutes:g}"
-        + (" " + " ".join(extra) if extra else "") + "`",
+        f"`{command}`",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
     for r in rows:
-        cells = [r["recipe"], str(r["epochs"]), str(r["steps"]), f"{r['wall_s']:.0f}", f"{r['samples_per_s']:.1f}",
+        cells = [r["recipe"], str(r["epochs"] or "-"), str(r["steps"]), f"{r['wall_s']:.0f}", f"{r['train_s']:.0f}",
+                 f"{r['samples_per_s']:.1f}", f"{r['train_samples_per_s']:.1f}",
                  f"{r['step_s']:.3f}", f"{r['params'] / 1e6:.1f} M ({r['trainable'] / 1e6:.1f} M)",
                  f"{r['peak_rss_mb']:.0f}"]
         cells += [f"{100 * r['results'].get(t, {}).get(m, float('nan')):.1f}%" for t, m, _ in METRICS]
@@ -126,6 +194,11 @@ def main() -> None:
         out.write_text("# Recipes side by side: same data, same wall-clock budget\n\nEach recipe's schedule is "
                        "sized to the budget from a short in-process timing; `trainer.max_time` is the hard stop. "
                        "Peak RSS is the training process's (data workers not included).\n")
+    stem = "compare_recipes" + ("_steps" if args.steps else "")
+    (HERE / "results" / f"{stem}_curves.json").write_text(json.dumps(
+        {"command": command, "curves": {r["recipe"]: r["curve"] for r in rows}}, indent=1))
+    plot(rows, HERE / "results" / f"{stem}.png", f"{command}  ({os.cpu_count()} CPU cores)")
+    lines.append(f"\nCurves: `{stem}_curves.json`, plot `{stem}.png` (accuracy against training wall-clock).")
     with out.open("a") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -1,3 +1,4 @@
+import csv
 import json
 import subprocess
 import sys
@@ -163,3 +164,23 @@ def test_bad_overrides_end_in_one_line_before_training(capsys, argv, expected):
     line = _error_line(capsys, ["fit", "--recipe", "clip_tiny", *TINY, "--trainer.max_steps", "1",
                                 "--trainer.logger", "false", *argv])
     assert line.startswith("vlp: error: ") and expected in line, line
+
+
+def test_periodic_evaluation_history_with_training_seconds(tmp_path, capsys):
+    callbacks = ("[{class_path: vlp.callbacks.EvalTasks, init_args: {tasks: [emoji_twitter_test_retrieval, "
+                 "emoji_twitter_test_category], every_n_steps: 2, periodic_tasks: [emoji_twitter_test_category]}}]")
+    main(["fit", "--recipe", "clip_tiny", *TINY, "--trainer.max_steps", "4", "--trainer.callbacks", callbacks,
+          "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])
+    logs = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("logs: ")).split(": ", 1)[1]
+    saved = json.loads((Path(logs) / "eval.json").read_text())
+    history = saved["history"]
+    # step 2: the periodic subset; step 4: the periodic subset, completed by the end-of-run tasks
+    assert [h["step"] for h in history] == [2, 4]
+    assert list(history[0]["metrics"]) == ["emoji_twitter_test_category"]
+    assert sorted(history[1]["metrics"]) == ["emoji_twitter_test_category", "emoji_twitter_test_retrieval"]
+    assert [r["task"] for r in saved["results"]] == ["emoji_twitter_test_retrieval", "emoji_twitter_test_category"]
+    assert saved["results"][1]["metrics"] == history[1]["metrics"]["emoji_twitter_test_category"]
+    assert 0 < history[0]["train_seconds"] < history[1]["train_seconds"]
+    with open(Path(logs) / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("eval/train_seconds")]
+    assert sorted({float(r["eval/train_seconds"]) for r in rows}) == pytest.approx([h["train_seconds"] for h in history])

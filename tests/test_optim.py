@@ -43,3 +43,21 @@ def test_scheduler_drives_the_optimizer_lr(tiny_module):
     assert lrs[5] < 1e-3
     assert opt.defaults["betas"] == (0.9, 0.98) and opt.defaults["eps"] == 1e-6
     assert isinstance(opt, torch.optim.AdamW)
+
+
+def test_fused_adamw_is_the_default_on_cpu_and_matches_foreach(tiny_module):
+    import copy
+
+    modules = {True: tiny_module, False: copy.deepcopy(tiny_module)}
+    opts = {k: build_optimizer(m, OptimConfig(lr=1e-3, warmup_steps=2, fused=None if k else False), 10)[0]
+            for k, m in modules.items()}
+    assert opts[True].defaults["fused"] and not opts[False].defaults["fused"]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        grads = [torch.randn(p.shape, generator=g) for p in tiny_module.parameters()]
+        for k, m in modules.items():
+            for p, grad in zip(m.parameters(), grads):
+                p.grad = grad.clone()
+            opts[k].step()
+    for a, b in zip(modules[True].parameters(), modules[False].parameters()):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 
@@ -76,6 +77,9 @@ class VLPModule(LightningModule):
             objective.attach(image_tower, text_tower)
         self.objectives = nn.ModuleList(objectives)
         self._needs_views = any("views" in o.needs for o in objectives)
+        self._needs_tokens = any(o.needs_tokens for o in objectives)
+        self._pooled_kw = {name: _takes_tokens_flag(tower) for name, tower in
+                           (("image", image_tower), ("text", text_tower))}
         self.optim = optim or OptimConfig()
         self.recipe: str | None = None  # set by `vlp fit --recipe`, kept in checkpoints
         self.nonfinite_skipped = 0
@@ -103,26 +107,35 @@ class VLPModule(LightningModule):
             if rank < len(rng):
                 set_rng_states(rng[rank])
 
+    def _tower(self, name: str, x: torch.Tensor, tokens: bool) -> dict[str, torch.Tensor]:
+        tower = self.image_tower if name == "image" else self.text_tower
+        return tower(x) if tokens or not self._pooled_kw[name] else tower(x, tokens=False)
+
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """``[B,3,H,W]`` -> L2-normalised ``[B,E]``."""
-        return F.normalize(self.image_tower(image)["pooled"], dim=-1)
+        return F.normalize(self._tower("image", image, False)["pooled"], dim=-1)
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
         """``[B,L]`` -> L2-normalised ``[B,E]``."""
-        return F.normalize(self.text_tower(text)["pooled"], dim=-1)
+        return F.normalize(self._tower("text", text, False)["pooled"], dim=-1)
 
-    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        img = self.image_tower(batch["image"])
-        txt = self.text_tower(batch["text"])
+    def forward(self, batch: dict, tokens: bool | None = None) -> dict[str, torch.Tensor]:
+        """Tower outputs for the objectives. ``tokens`` (default: whether an objective needs
+        them) adds ``image_tokens`` / ``text_tokens``; without them the towers may run their
+        last block at the pooled token only."""
+        tokens = self._needs_tokens if tokens is None else tokens
+        img = self._tower("image", batch["image"], tokens)
+        txt = self._tower("text", batch["text"], tokens)
         outputs = {
             "image_embed": F.normalize(img["pooled"], dim=-1),
             "text_embed": F.normalize(txt["pooled"], dim=-1),
-            "image_tokens": img["tokens"],
-            "text_tokens": txt["tokens"],
         }
+        if tokens:
+            outputs["image_tokens"] = img["tokens"]
+            outputs["text_tokens"] = txt["tokens"]
         if self._needs_views and "views" in batch:  # SLIP: both views through the same tower at once
             views = batch["views"]
-            feats = self.image_tower(views.flatten(0, 1))["features"]
+            feats = self._tower("image", views.flatten(0, 1), tokens)["features"]
             outputs["view_features"] = feats.view(2, views.shape[1], -1)
         return outputs
 
@@ -187,3 +200,11 @@ class VLPModule(LightningModule):
             raise VLPError("the schedule needs a finite length: set trainer.max_steps or trainer.max_epochs")
         opt, sched = build_optimizer(self, self.optim, int(total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _takes_tokens_flag(tower: nn.Module) -> bool:
+    """Whether a tower's forward accepts ``tokens=False`` (vlp's towers do; a user's may not)."""
+    try:
+        return "tokens" in inspect.signature(tower.forward).parameters
+    except (TypeError, ValueError):
+        return False

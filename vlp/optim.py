@@ -27,6 +27,9 @@ class OptimConfig:
             (no parameter update, counted as ``train/nonfinite_skipped``); after more than
             this many in a row the run stops with an error. With 16-mixed precision the
             gradient scaler does the skipping instead.
+        fused: torch's fused AdamW kernel (one kernel over all parameters instead of a few
+            per tensor list; same update up to rounding). None = fused when every trainable
+            parameter is a plain CPU or CUDA tensor (not a DTensor of FSDP2), else foreach.
     """
 
     lr: float = 5e-4
@@ -36,6 +39,7 @@ class OptimConfig:
     warmup_steps: int = 0
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     max_nonfinite_in_row: int = 5
+    fused: bool | None = None
 
     def __post_init__(self):
         if self.lr <= 0:
@@ -84,8 +88,19 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> 
     return 0.5 * (1 + math.cos(math.pi * min(e, es) / es))
 
 
+def fused_supported(params) -> bool:
+    """torch's fused AdamW takes these parameters: floating point, plain tensors, CPU or CUDA."""
+    from torch.distributed.tensor import DTensor
+
+    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() and not isinstance(p, DTensor)
+               for p in params)
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int):
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    groups = param_groups(model, cfg.weight_decay)
+    params = [p for g in groups for p in g["params"]]
+    fused = fused_supported(params) if cfg.fused is None else cfg.fused
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: lr_factor(step, cfg.warmup_steps, total_steps, cfg.schedule)
     )

@@ -14,10 +14,13 @@ class Objective(nn.Module):
         name: the name under which the loss is logged (``train/<name>_loss``).
 
     Class attribute ``needs``: the batch fields the objective reads; the module
-    checks that the batch has them.
+    checks that the batch has them. ``needs_tokens``: the objective reads the towers'
+    per-token outputs (``image_tokens`` / ``text_tokens``); when no objective does, the towers
+    compute only the pooled outputs (vlp.towers.pooled).
     """
 
     needs: frozenset[str] = frozenset({"image", "text"})
+    needs_tokens: bool = False
     default_name = "objective"
 
     def __init__(self, weight: float = 1.0, name: str | None = None):

@@ -60,7 +60,8 @@ class HFTextTower(nn.Module):
         self.embed_dim = embed_dim
         self.proj = make_projection(proj, width, embed_dim)
 
-    def forward(self, text: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, text: torch.Tensor, tokens: bool = True) -> dict[str, torch.Tensor]:
+        """``tokens`` is accepted for the tower contract; this tower always returns them."""
         mask = (text != self.pad_id).long()
         tokens = self.transformer(input_ids=text, attention_mask=mask).last_hidden_state
         if self.pooler == "cls":

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlp.towers.pooled import split_qkv
 from vlp.towers.projection import Projection, make_projection
 
 
@@ -37,6 +38,18 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, causal: bool, mask: torch.Tensor | None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), causal, mask)
         return x + self.mlp(self.ln_2(x))
+
+    def forward_at(self, x: torch.Tensor, index: torch.Tensor, causal: bool, mask: torch.Tensor | None) -> torch.Tensor:
+        """``forward(x)[b, index[b]]`` computed at those positions only (``[B, width]``)."""
+        b, n, w = x.shape
+        rows = torch.arange(b, device=x.device)
+        h = self.ln_1(x)
+        q, k, v = split_qkv(h, h[rows, index].unsqueeze(1), self.attn.qkv, self.attn.heads, w)
+        if causal:  # the query at position i sees keys 0..i
+            mask = (torch.arange(n, device=x.device) <= index[:, None])[:, None, None, :]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x0 = x[rows, index] + self.attn.out(y.reshape(b, w))
+        return x0 + self.mlp(self.ln_2(x0))
 
 
 class TextTransformer(nn.Module):
@@ -99,16 +112,22 @@ class TextTransformer(nn.Module):
         if isinstance(self.proj, nn.Linear):
             nn.init.normal_(self.proj.weight, std=attn_std)
 
-    def forward(self, text: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, text: torch.Tensor, tokens: bool = True) -> dict[str, torch.Tensor]:
+        """``tokens=False``: only ``pooled`` is returned, and the last block runs at the pooled
+        position only (vlp.towers.pooled), which gives the same ``pooled`` for less work."""
         b, n = text.shape
         if n > self.context_length:
             raise ValueError(f"text has {n} tokens; the tower's context_length is {self.context_length}")
         keep = text != self.pad_id
         x = self.token_embedding(text) + self.positional_embedding[:n]
         mask = None if self.causal else keep[:, None, None, :]
+        last = keep.sum(1).clamp(min=1) - 1
+        if not tokens and len(self.blocks):
+            for block in self.blocks[:-1]:
+                x = block(x, self.causal, mask)
+            return {"pooled": self.proj(self.ln_final(self.blocks[-1].forward_at(x, last, self.causal, mask)))}
         for block in self.blocks:
             x = block(x, self.causal, mask)
         x = self.ln_final(x)
-        last = keep.sum(1).clamp(min=1) - 1
         pooled = x[torch.arange(b, device=x.device), last]
         return {"pooled": self.proj(pooled), "tokens": x}

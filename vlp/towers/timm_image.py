@@ -12,6 +12,7 @@ from torch import nn
 
 from vlp.errors import VLPError
 from vlp.towers.masking import PatchMask
+from vlp.towers.pooled import timm_block_first_token, timm_block_supported
 from vlp.towers.projection import Projection, make_projection
 
 
@@ -203,7 +204,27 @@ class TimmImageTower(nn.Module):
             return
         self.mask.ratio = value
 
-    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _class_token_path(self) -> bool:
+        """Whether the pooled output is the class token of a plain timm ViT, so that the last
+        block can run at the class token only."""
+        t = self.trunk
+        blocks = getattr(t, "blocks", None)
+        return (getattr(t, "global_pool", None) == "token" and getattr(t, "attn_pool", None) is None
+                and getattr(t, "cls_token", None) is not None and not getattr(t, "grad_checkpointing", False)
+                and isinstance(blocks, nn.Sequential) and len(blocks) > 0 and timm_block_supported(blocks[-1])
+                and all(hasattr(t, n) for n in ("patch_embed", "_pos_embed", "patch_drop", "norm_pre", "norm")))
+
+    def forward(self, image: torch.Tensor, tokens: bool = True) -> dict[str, torch.Tensor]:
+        """``tokens=False``: ``tokens`` is left out of the output, and a class-token ViT runs its
+        last block at the class token only (vlp.towers.pooled): same ``pooled`` and
+        ``features``, less work."""
+        if not tokens and self._class_token_path():
+            t = self.trunk
+            x = t.norm_pre(t.patch_drop(t._pos_embed(t.patch_embed(image))))
+            x = t.blocks[:-1](x)
+            x = t.norm(timm_block_first_token(t.blocks[-1], x))
+            pooled = t.forward_head(x, pre_logits=True)
+            return {"pooled": self.proj(pooled), "features": pooled}
         tokens = self.trunk.forward_features(image)
         pooled = self.trunk.forward_head(tokens, pre_logits=True)
         return {"pooled": self.proj(pooled), "features": pooled, "tokens": tokens}
