@@ -172,6 +172,31 @@ def test_eval_stream_splits_samples_between_readers_without_overlap(tmp_path):
     assert sorted(seen) == list(range(13))
 
 
+def test_eval_sees_transparent_images_as_training_does(tmp_path):
+    """A transparent PNG is composited on white by the eval stream, as by the training decoder."""
+    import io
+    from collections import Counter
+
+    import numpy as np
+    from PIL import Image
+
+    from vlp.data.stream import SampleDecoder
+
+    im = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    im.paste((200, 30, 30, 255), (4, 4, 12, 12))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    write_shard(tmp_path / "a.tar", [("00000", {"png": buf.getvalue(), "txt": b"a red square"})])
+    to_array = lambda im: torch.from_numpy(np.asarray(im).copy())  # noqa: E731
+    batch = next(iter(EvalStream([str(tmp_path / "a.tar")], to_array, TextTokenizer(context_length=8), 1,
+                                 captions=["txt"])))
+    counts = Counter()
+    trained = SampleDecoder(to_array).image(buf.getvalue(), counts)
+    assert counts["alpha_on_white"] == 1
+    assert torch.equal(batch["image"][0], to_array(trained))
+    assert batch["image"][0, 0, 0].tolist() == [255, 255, 255] and batch["image"][0, 8, 8].tolist() == [200, 30, 30]
+
+
 def test_missing_caption_field_is_a_clear_error(tmp_path):
     shard = _shard(tmp_path / "a.tar", 3, captions=False)
     stream = EvalStream([shard], lambda im: torch.zeros(1), TextTokenizer(context_length=8), 2, captions=["txt"])

@@ -56,6 +56,24 @@ class BadSample(Exception):
         self.reason = reason
 
 
+def to_rgb(im: Image.Image, counts: Counter | None = None) -> Image.Image:
+    """RGB as training sees it: transparent images (RGBA, LA, PA, palette with transparency)
+    composited on white (counted ``alpha_on_white``), other modes converted (``mode_to_rgb``).
+    Training and evaluation both use it, so an image looks the same to both."""
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        out = Image.new("RGB", rgba.size, (255, 255, 255))
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        reason = "alpha_on_white"
+    elif im.mode != "RGB":
+        out, reason = im.convert("RGB"), "mode_to_rgb"
+    else:
+        return im
+    if counts is not None:
+        counts[reason] += 1
+    return out
+
+
 class SampleDecoder:
     """Raw webdataset sample -> (image tensor, caption); bad samples raise ``BadSample``.
 
@@ -103,15 +121,7 @@ class SampleDecoder:
             raise
         except Exception:  # noqa: BLE001 - any decoder failure means a corrupt image
             raise BadSample("corrupt_image") from None
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-            rgba = im.convert("RGBA")
-            im = Image.new("RGB", rgba.size, (255, 255, 255))
-            im.paste(rgba, mask=rgba.getchannel("A"))
-            counts["alpha_on_white"] += 1
-        elif im.mode != "RGB":
-            im = im.convert("RGB")
-            counts["mode_to_rgb"] += 1
-        return im
+        return to_rgb(im, counts)
 
     def __call__(self, sample: dict, counts: Counter) -> tuple:
         ext = next((e for e in IMAGE_EXTS if e in sample), None)

@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vlp.data.shards import expand_shards
-from vlp.data.stream import IMAGE_EXTS
+from vlp.data.stream import IMAGE_EXTS, to_rgb
 from vlp.data.tar_reader import ShardError, tar_samples
 from vlp.data.transforms import image_transform
 from vlp.errors import VLPError
@@ -77,7 +77,7 @@ class EvalStream(IterableDataset):
         if ext is None:
             raise VLPError(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no image")
         with Image.open(io.BytesIO(sample[ext])) as im:
-            image = self.transform(im.convert("RGB"))
+            image = self.transform(to_rgb(im))  # transparency on white, as in training
         info = json.loads(sample["json"]) if "json" in sample else None
         texts = []
         for f in self.captions:
