@@ -59,12 +59,10 @@ class EvalTasks(Callback):
                             autocast=trainer.precision_plugin.forward_context)
                    for task in tasks]
         entry = self.history[-1] if self.history else None
-        if entry is not None and entry["step"] == trainer.global_step:  # the end, right after a periodic eval
-            entry["metrics"].update({r["task"]: r["metrics"] for r in results})
-        else:
+        if entry is None or entry["step"] != trainer.global_step:  # else: the end, right after a periodic eval
             entry = {"step": trainer.global_step, "train_seconds": train_seconds, "metrics": {}}
-            entry["metrics"].update({r["task"]: r["metrics"] for r in results})
             self.history.append(entry)
+        entry["metrics"].update({r["task"]: r["metrics"] for r in results})
         self._last_results = {r["task"]: r for r in results}
         if trainer.global_rank == 0:
             metrics = {f"eval/{r['task']}/{k}": v for r in results for k, v in r["metrics"].items()}

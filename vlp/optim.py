@@ -100,6 +100,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int):
     groups = param_groups(model, cfg.weight_decay)
     params = [p for g in groups for p in g["params"]]
     fused = fused_supported(params) if cfg.fused is None else cfg.fused
+    # not fused: None, not False (torch reads fused=False as "no foreach either": a per-tensor loop)
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: lr_factor(step, cfg.warmup_steps, total_steps, cfg.schedule)

@@ -141,6 +141,7 @@ class TimmImageTower(nn.Module):
         elif head == "keep":
             raise VLPError("image_tower.head keep takes the projection from init_from (a vlp checkpoint)")
         self.locked = lock
+        self._class_token_vit: bool | None = None  # see _class_token_path
         self.freeze_bn_stats = freeze_bn_stats
         if lock:
             if pretrained_path is None and init_from is None:
@@ -206,13 +207,17 @@ class TimmImageTower(nn.Module):
 
     def _class_token_path(self) -> bool:
         """Whether the pooled output is the class token of a plain timm ViT, so that the last
-        block can run at the class token only."""
-        t = self.trunk
-        blocks = getattr(t, "blocks", None)
-        return (getattr(t, "global_pool", None) == "token" and getattr(t, "attn_pool", None) is None
-                and getattr(t, "cls_token", None) is not None and not getattr(t, "grad_checkpointing", False)
+        block can run at the class token only. The trunk's structure is judged once (it does
+        not change after construction); gradient checkpointing can be switched at any time."""
+        if self._class_token_vit is None:
+            t = self.trunk
+            blocks = getattr(t, "blocks", None)
+            self._class_token_vit = (
+                getattr(t, "global_pool", None) == "token" and getattr(t, "attn_pool", None) is None
+                and getattr(t, "cls_token", None) is not None
                 and isinstance(blocks, nn.Sequential) and len(blocks) > 0 and timm_block_supported(blocks[-1])
                 and all(hasattr(t, n) for n in ("patch_embed", "_pos_embed", "patch_drop", "norm_pre", "norm")))
+        return self._class_token_vit and not getattr(self.trunk, "grad_checkpointing", False)
 
     def forward(self, image: torch.Tensor, tokens: bool = True) -> dict[str, torch.Tensor]:
         """``tokens=False``: ``tokens`` is left out of the output, and a class-token ViT runs its
