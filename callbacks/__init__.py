@@ -3,6 +3,7 @@
 from vlp.callbacks.checkpoint import StepCheckpoint
 from vlp.callbacks.eval_tasks import EvalTasks
 from vlp.callbacks.flip import UnmaskedTuning
+from vlp.callbacks.progress import ProgressLog
 from vlp.callbacks.throughput import ThroughputMonitor
 
-__all__ = ["EvalTasks", "StepCheckpoint", "ThroughputMonitor", "UnmaskedTuning"]
+__all__ = ["EvalTasks", "ProgressLog", "StepCheckpoint", "ThroughputMonitor", "UnmaskedTuning"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from vlp.callbacks.checkpoint import interrupted_by
 from vlp.eval.tasks import load_task, run_task, task_summary
 
 
@@ -81,6 +82,11 @@ class EvalTasks(Callback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.at_end:
             return
+        if interrupted_by(trainer):  # stopped by a signal: checkpoint saved, leave quickly
+            return
+        for cb in trainer.checkpoint_callbacks:  # the final checkpoint before an evaluation that may fail
+            if callable(getattr(cb, "save_final", None)):
+                cb.save_final(trainer)
         log_dir = trainer.log_dir  # a collective under DDP: every rank asks
         # tasks a periodic evaluation just ran at this very step are not run again
         done = self._last_results if self._last_step == trainer.global_step else {}

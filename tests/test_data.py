@@ -1,4 +1,5 @@
 import io
+import re
 import tarfile
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 from PIL import Image
 
 from vlp.data.datamodule import VLPDataModule
-from vlp.data.shard_writer import read_samples, write_shard
+from vlp.data.shard_writer import write_shard
 from vlp.data.shards import count_samples, expand_shards
 from vlp.errors import VLPError
 
@@ -87,11 +88,54 @@ def test_training_order_differs_between_epochs_and_follows_the_seed(tmp_path):
     assert epochs(3, n=1)[0][0] == first
 
 
-def test_too_few_shards_for_workers_is_a_clear_error(tmp_path):
+def test_workers_are_lowered_to_the_shards_of_a_rank_and_the_loader_state_records_them(tmp_path):
     _write(tmp_path / "only.tar", 8)
-    dm = VLPDataModule(train_shards=str(tmp_path / "only.tar"), batch_size=4, num_workers=2)
-    with pytest.raises(VLPError, match="1 shards cannot feed 1 ranks x 2 workers"):
+    dm = VLPDataModule(train_shards=str(tmp_path / "only.tar"), batch_size=4, num_workers=2, image_size=16, seed=0)
+    with pytest.warns(UserWarning, match="data.num_workers 2 lowered to 1: 1 shards give each of 1 ranks 1"):
+        loader = dm.train_dataloader()
+    assert loader.num_workers == 1 and len(loader) == 2
+    first = dm.on_before_batch_transfer(next(iter(loader)), 0)
+    state = dm.loader_state()
+    assert state["workers"] == 1
+    # a run with the same settings resumes the stream exactly (the same effective count)
+    again = VLPDataModule(train_shards=str(tmp_path / "only.tar"), batch_size=4, num_workers=2, image_size=16)
+    with pytest.warns(UserWarning, match="lowered to 1"):
+        resumed = again.train_dataloader()
+    again.load_loader_state(state)
+    rest = [again.on_before_batch_transfer(b, 0)["caption"] for b in resumed]
+    assert sorted(first["caption"] + rest[0]) == [f"sample {i}" for i in range(8)] and len(rest) == 1
+    # 0 workers stay 0; more shards than workers keep the workers
+    assert VLPDataModule(train_shards=str(tmp_path / "only.tar"), batch_size=4, num_workers=0).train_dataloader() \
+        .num_workers == 0
+    for i in range(3):
+        _write(tmp_path / f"s-{i}.tar", 8)
+    assert VLPDataModule(train_shards=str(tmp_path / "s-*.tar"), batch_size=4, num_workers=2).train_dataloader() \
+        .num_workers == 2
+
+
+def test_fewer_shards_than_ranks_is_a_clear_error(tmp_path):
+    _write(tmp_path / "only.tar", 8)
+    dm = VLPDataModule(train_shards=str(tmp_path / "only.tar"), batch_size=4, num_workers=0)
+    dm._world_size = lambda: 2
+    with pytest.raises(VLPError, match="1 shards cannot feed 2 ranks: write at least one shard per rank"):
         dm.train_dataloader()
+
+
+def test_a_local_shard_that_is_not_a_tar_file_is_named(tmp_path):
+    (tmp_path / "x.tar").write_text("not a tar archive\n")
+    with pytest.raises(VLPError, match=rf"^shard {re.escape(str(tmp_path))}/x\.tar is not a tar file \(no tar header "
+                                       r"at its start\)$"):
+        VLPDataModule(train_shards=str(tmp_path / "x.tar"))
+    (tmp_path / "x.tar").write_bytes(b"")
+    with pytest.raises(VLPError, match="is not a tar file \\(an empty file\\)"):
+        expand_shards(str(tmp_path / "*.tar"))
+    with tarfile.open(tmp_path / "x.tar", "w:gz"):
+        pass
+    with pytest.raises(VLPError, match="is not a tar file \\(gzip-compressed; give plain .tar shards\\)"):
+        expand_shards(str(tmp_path / "x.tar"))
+    with tarfile.open(tmp_path / "x.tar", "w"):  # an archive without members is a tar file
+        pass
+    assert expand_shards(str(tmp_path / "x.tar")) == [str(tmp_path / "x.tar")]
 
 
 def test_reshard_keeps_every_member(tmp_path):

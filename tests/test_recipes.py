@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from vlp.errors import VLPError
-from vlp.recipes import list_recipes, load_recipe, merge, recipe_names
+from vlp.recipes import list_recipes, load_recipe, merge, recipe_names, recipe_vars
 
 
 def test_every_recipe_has_a_description():
@@ -90,3 +90,53 @@ def test_paper_recipes_carry_their_settings():
     assert flip_l["model"]["optim"]["betas"] == [0.9, 0.95]
     siglip = load_recipe("siglip_vit_b16")
     assert siglip["model"]["objectives"][0]["class_path"] == "vlp.objectives.SigmoidLoss"
+
+
+def test_yaml_syntax_error_names_file_line_and_column(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("description: broken\ndata:\n  batch_size: 8\n   image_size: 32\n")
+    with pytest.raises(VLPError) as info:
+        load_recipe(str(path))
+    assert str(info.value) == f"recipe {path}:4:14: invalid YAML: mapping values are not allowed here"
+    path.write_text("data: {batch_size: 8\n")
+    with pytest.raises(VLPError, match=rf"recipe {path}:2:1: invalid YAML: expected ',' or '}}', but got "
+                                       r"'<stream end>' \(while parsing a flow mapping\)$"):
+        load_recipe(str(path))
+
+
+def test_vars_merge_through_extends_and_are_typed(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "vars: {every: 100, lr: 0.001, tag: run, flag: false, anything: null}\n"
+        "trainer: {callbacks: [{class_path: a.Ckpt, init_args: {every_n_steps: '${vars.every}'}}, {class_path: b.E}]}\n"
+        "model: {lr: '${vars.lr}', name: 'clip-${vars.tag}', enabled: '${vars.flag}', x: '${vars.anything}'}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\nvars: {every: 50}\n")
+    child = str(tmp_path / "child.yaml")
+    spec = load_recipe(child)
+    assert spec["trainer"]["callbacks"][0]["init_args"]["every_n_steps"] == 50 and "vars" not in spec
+    assert recipe_vars(child) == {"every": 50, "lr": 0.001, "tag": "run", "flag": False, "anything": None}
+    spec = load_recipe(child, var_values={"every": "7", "lr": "1", "tag": "123", "flag": "true", "anything": "[1, 2]"})
+    assert spec["trainer"]["callbacks"][0]["init_args"]["every_n_steps"] == 7
+    assert spec["model"] == {"lr": 1.0, "name": "clip-123", "enabled": True, "x": [1, 2]}
+    for name, value, expected in [("every", "7.5", "expected an integer"), ("every", "true", "expected an integer"),
+                                  ("lr", "fast", "expected a number"), ("flag", "1", "expected true or false")]:
+        with pytest.raises(VLPError, match=f"--vars.{name} .*: {expected} \\(the recipe's default is"):
+            load_recipe(child, var_values={name: value})
+    with pytest.raises(VLPError, match="has no var 'evry'; did you mean every"):
+        load_recipe(child, var_values={"evry": "7"})
+    (tmp_path / "bad.yaml").write_text("vars: [1, 2]\n")
+    with pytest.raises(VLPError, match="vars must be a mapping of names to values"):
+        load_recipe(str(tmp_path / "bad.yaml"))
+
+
+@pytest.mark.parametrize("name", recipe_names())
+def test_every_step_checkpoint_of_a_shipped_recipe_follows_its_vars(name):
+    callbacks = load_recipe(name)["trainer"].get("callbacks") or []
+    checkpoints = [c for c in callbacks if c["class_path"].endswith("StepCheckpoint")]
+    if not checkpoints:
+        return
+    assert {"ckpt_every_n_steps", "ckpt_keep"} <= recipe_vars(name).keys()
+    changed = load_recipe(name, var_values={"ckpt_every_n_steps": "7", "ckpt_keep": "5"})["trainer"]["callbacks"]
+    assert [c["init_args"] for c in changed if c["class_path"].endswith("StepCheckpoint")] == [
+        {"every_n_steps": 7, "keep": 5}]
+    others = [c for c in changed if not c["class_path"].endswith("StepCheckpoint")]
+    assert others == [c for c in callbacks if not c["class_path"].endswith("StepCheckpoint")]

@@ -4,7 +4,6 @@ import math
 import os
 import sys
 
-import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F

@@ -6,24 +6,57 @@
     vlp eval --ckpt PATH --task NAME [--task NAME ...]   (see vlp.eval.command)
 
 ``--recipe`` loads and merges the recipe (vlp.recipes) and hands it to LightningCLI
-as its first ``--config``; every later option overrides a recipe value.
+as its first ``--config``; every later option overrides a recipe value; ``--vars.NAME
+VALUE`` sets one of the recipe's vars (consumed here, before LightningCLI).
 User errors print one line ``vlp: error: ...`` and exit with status 2.
 """
 
 from __future__ import annotations
 
-import atexit
+import difflib
 import logging
 import os
 import re
+import signal
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 import yaml
 
 from vlp.errors import VLPError
+
+COMMANDS = ("fit", "eval", "recipes")
+
+FIT_USAGE = """\
+usage: vlp fit --recipe NAME|PATH [--KEY VALUE ...] [--vars.NAME VALUE ...]
+
+  --recipe NAME|PATH   a shipped recipe (`vlp recipes` lists them) or your own YAML file
+  --KEY VALUE          override any value of the recipe: --trainer.max_steps 50, --data.batch_size 16,
+                       --model.text_tower.width 32, --data.train_shards '/data/{00000..00099}.tar'
+  --vars.NAME VALUE    set one of the recipe's vars, the way to reach one entry of a list
+                       (e.g. --vars.ckpt_every_n_steps 10 for the StepCheckpoint callback)
+  --print_config       print the merged config and exit without training
+  --ckpt_path last     resume from the newest checkpoint of the run (or a checkpoint file)
+
+example:
+  vlp fit --recipe clip_tiny --trainer.max_steps 50 --vars.ckpt_every_n_steps 10
+
+every option of a recipe (Lightning's full list, the recipe's values as defaults, its vars first):
+  vlp fit --recipe NAME --help
+"""
+
+USAGE = f"""\
+usage: vlp COMMAND [options]
+
+Contrastive vision-language pretraining (CLIP and its family) from YAML recipes.
+
+commands:
+  fit       train a recipe (below)
+  eval      evaluate checkpoints on eval tasks: vlp eval --ckpt PATH --task NAME (more: vlp eval --help)
+  recipes   list the shipped recipes
+
+{FIT_USAGE}"""
 
 
 def _union_reason(lines: list[str]) -> str | None:
@@ -51,6 +84,8 @@ def _one_line(message: str, argv: list[str] = ()) -> str:
         return f"unknown option {given[0] if given else unknown.group(1)}: no such key"
     if len(lines) > 1 and head.startswith("Parser key"):
         return f"{head}: {lines[1]}"
+    if head.startswith("the following arguments are required"):
+        return f"{head}: the recipe or config must set them (the shipped recipes: `vlp recipes`)"
     return head
 
 
@@ -65,6 +100,11 @@ def _make_cli_class(argv: list[str], recipe: str | None = None):
             raise VLPError(_one_line(message, argv))
 
     class VLPCLI(LightningCLI):
+        @staticmethod
+        def subcommands() -> dict[str, set[str]]:
+            # validate / test / predict need loops the module does not have; `vlp eval` evaluates
+            return {"fit": LightningCLI.subcommands()["fit"]}
+
         def init_parser(self, **kwargs) -> LightningArgumentParser:
             kwargs.setdefault("dump_header", ["vlp recipe (merged); run it with vlp fit --recipe FILE"])
             return super().init_parser(**kwargs)
@@ -72,13 +112,14 @@ def _make_cli_class(argv: list[str], recipe: str | None = None):
         def before_fit(self) -> None:
             check_tokenizer(self.model, self.datamodule)
             check_batch_fields(self.model, self.datamodule)
-            self.model.recipe = recipe
+            self.model.recipe = recipe_id(recipe)
             install_atomic_checkpoints(self.trainer)
             config = self.config_init[self.subcommand]
             if config.get("ckpt_path") == "last":
-                config["ckpt_path"] = find_last_checkpoint(self.trainer)
+                config["ckpt_path"] = find_last_checkpoint(self.trainer, self.model)
 
         def before_instantiate_classes(self) -> None:
+            check_strategy((self.config.get(self.subcommand) if self.subcommand else self.config).get("trainer"))
             ckpt = self.config.get(self.subcommand, {}).get("ckpt_path") if self.subcommand else None
             if ckpt not in (None, "last", "best", "hpc", "registry") and "://" not in str(ckpt) \
                     and not Path(ckpt).is_file():
@@ -95,12 +136,23 @@ def _make_cli_class(argv: list[str], recipe: str | None = None):
                     raise
                 raise VLPError(_union_reason(lines) or _one_line(str(e))) from None
 
+        def instantiate_trainer(self, **kwargs):
+            listed = self._get(self.config_init, "trainer", default={}).get("callbacks")
+            return super().instantiate_trainer(**kwargs, **progress_defaults(listed))
+
         def after_fit(self) -> None:
             trainer = self.trainer
             log_dir = trainer.log_dir  # a collective under DDP: every rank asks
             data = self.datamodule.summary() if hasattr(self.datamodule, "summary") else None  # collective too
-            if trainer.global_rank != 0:
-                return
+            from vlp.callbacks.checkpoint import interrupted_by
+
+            stopped = interrupted_by(trainer)
+            if trainer.global_rank == 0:
+                self._report(trainer, data, log_dir, stopped)
+            if stopped:  # every rank leaves with the signal's status
+                sys.exit(128 + int(getattr(signal.Signals, stopped)))
+
+        def _report(self, trainer, data, log_dir, stopped) -> None:
             if data:
                 print(f"data: {data}")
             if getattr(self.model, "nonfinite_skipped", 0):
@@ -109,8 +161,47 @@ def _make_cli_class(argv: list[str], recipe: str | None = None):
             path = ckpt and (ckpt.last_model_path or ckpt.best_model_path)
             print(f"checkpoint: {path or 'none (no ModelCheckpoint callback)'}")
             print(f"logs: {log_dir}")
+            if stopped:
+                print(f"stopped by {stopped} after step {trainer.global_step}; continue with the same command and "
+                      "--ckpt_path last", flush=True)
 
     return VLPCLI, VLPArgumentParser, VLPModule, VLPDataModule
+
+
+def progress_defaults(listed) -> dict:
+    """Trainer arguments for progress: a ProgressLog (vlp.callbacks) unless the recipe lists one,
+    and, when it prints because stdout is not a terminal, no default progress bar (a bar shows
+    nothing there until the end; TQDM's would fill stderr). A bar the recipe lists stays."""
+    from lightning.pytorch.callbacks import ProgressBar
+
+    from vlp.callbacks import ProgressLog
+
+    listed = [] if listed is None else list(listed) if isinstance(listed, list) else [listed]
+    log = next((c for c in listed if isinstance(c, ProgressLog)), None)
+    out = {}
+    if log is None:
+        log = ProgressLog()
+        out["callbacks"] = [*listed, log]
+    if log.enabled() and not sys.stdout.isatty() and not any(isinstance(c, ProgressBar) for c in listed):
+        out["enable_progress_bar"] = False
+    return out
+
+
+def check_strategy(trainer_config) -> None:
+    """A DeepSpeed strategy needs the deepspeed package: say so (and how to get it) before
+    anything is built, rather than in Lightning's traceback."""
+    import importlib.util
+
+    strategy = trainer_config.get("strategy") if trainer_config is not None else None
+    name = strategy if isinstance(strategy, str) else getattr(strategy, "class_path", None)
+    if isinstance(strategy, dict):
+        name = strategy.get("class_path")
+    if not isinstance(name, str):
+        return
+    if (name.startswith("deepspeed") or name.rsplit(".", 1)[-1] == "DeepSpeedStrategy") \
+            and importlib.util.find_spec("deepspeed") is None:
+        raise VLPError(f"trainer.strategy {name} needs DeepSpeed, which is not installed: "
+                       "pip install -e '.[deepspeed]' (or choose another, e.g. --trainer.strategy ddp)")
 
 
 def install_atomic_checkpoints(trainer) -> None:
@@ -125,13 +216,25 @@ def install_atomic_checkpoints(trainer) -> None:
         strategy.checkpoint_io = AtomicCheckpointIO()
 
 
-def find_last_checkpoint(trainer) -> str | None:
-    """``--ckpt_path last``: the checkpoint with the highest step in this run's folders (every
-    version under the logger's root, the checkpoint callbacks' folders). None (start from
-    scratch, as Lightning does) when there is none, so the flag can be set from the first run."""
+def recipe_id(recipe: str | None) -> str | None:
+    """How checkpoints name the run's recipe: a shipped recipe by its name, a file by its
+    absolute path (two files with the same stem are different recipes)."""
+    if recipe is None:
+        return None
+    from vlp.recipes import find_recipe, recipes_root
+
+    path = find_recipe(recipe).resolve()
+    return path.stem if path.parent == recipes_root().resolve() else str(path)
+
+
+def find_last_checkpoint(trainer, model) -> str | None:
+    """``--ckpt_path last``: the newest checkpoint of this run's recipe in this run's folders
+    (every version under the logger's root, the checkpoint callbacks' folders); see
+    vlp.checkpointing.resume_checkpoint. None (start from scratch, as Lightning does) when there
+    is none, so the flag can be set from the first run."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from vlp.checkpointing import newest_checkpoint
+    from vlp.checkpointing import resume_checkpoint
 
     roots = [Path(cb.dirpath) for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath]
     for logger in trainer.loggers:
@@ -139,14 +242,10 @@ def find_last_checkpoint(trainer) -> str | None:
             roots.append(Path(logger.root_dir))
     if not trainer.loggers:
         roots.append(Path(trainer.default_root_dir))
-    best = newest_checkpoint(*roots)
-    if best is None:
-        if trainer.global_rank == 0:
-            print(f"--ckpt_path last: no checkpoint under {', '.join(map(str, roots))}; starting from scratch")
-        return None
+    best, note = resume_checkpoint(roots, model.recipe, model)
     if trainer.global_rank == 0:
-        print(f"resuming from {best}")
-    return str(best)
+        print(note)
+    return None if best is None else str(best)
 
 
 def check_batch_fields(model, datamodule) -> None:
@@ -210,13 +309,125 @@ def _dotted_overrides(args: list[str]) -> dict:
     return out
 
 
+def _front_door(argv: list[str]) -> bool:
+    """vlp's own help and the command checks; True when it answered (help printed)."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return True
+    command = argv[0]
+    if command in ("validate", "test", "predict"):
+        raise VLPError(f"`vlp {command}` is not a vlp command: evaluate a checkpoint with `vlp eval --ckpt PATH "
+                       "--task NAME` (the tasks: `vlp eval --list`)")
+    if command.startswith("-"):
+        return False  # `vlp --recipe X` without a command: answered below
+    if command not in COMMANDS:
+        close = difflib.get_close_matches(command, COMMANDS, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise VLPError(f"unknown command '{command}'{hint} (the commands: {', '.join(COMMANDS)}; see `vlp --help`)")
+    rest = argv[1:]
+    if command == "fit" and not any(a.split("=", 1)[0] in ("--recipe", "--config", "-c") for a in rest):
+        if "-h" in rest or "--help" in rest:
+            print(FIT_USAGE, end="")
+            return True
+        raise VLPError("vlp fit needs a recipe: give --recipe NAME (the names: `vlp recipes`) "
+                       "or --recipe path/to/recipe.yaml")
+    return False
+
+
+def _take_vars(args: list[str], recipe: str | None) -> tuple[dict[str, str], list[str]]:
+    """``--vars.NAME VALUE`` / ``--vars.NAME=VALUE`` out of the command line (raw strings)."""
+    given, rest = {}, []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        key = arg.split("=", 1)[0]
+        i += 1
+        if key != "--vars" and not key.startswith("--vars."):
+            rest.append(arg)
+            continue
+        name = key[len("--vars."):]
+        if not name:
+            raise VLPError("give the recipe's vars one at a time: --vars.NAME VALUE")
+        if "=" in arg:
+            value = arg.split("=", 1)[1]
+        elif i < len(args) and not args[i].startswith("--"):
+            value, i = args[i], i + 1
+        else:
+            raise VLPError(f"{key} needs a value")
+        given[name] = value
+    if given and recipe is None:
+        raise VLPError(f"--vars.{next(iter(given))}: vars belong to a recipe; give --recipe NAME")
+    return given, rest
+
+
+def _list_on_path(config: dict, key: str) -> tuple[str, list] | None:
+    """The list that the dotted ``key`` goes into before its last part (``init_args`` may be
+    left out, as on the command line), with its dotted path; None if it goes into none."""
+    parts, node = key.split("."), config
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, dict) and part not in node and isinstance(node.get("init_args"), dict):
+            node = node["init_args"]
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+        if isinstance(node, list):
+            return ".".join(parts[: i + 1]), node
+    return None
+
+
+def check_list_overrides(config: dict, args: list[str], var_names: list[str]) -> None:
+    """A dotted option that goes into a list of several entries (``--trainer.callbacks.init_args.X``
+    with two callbacks) would change only the last entry (jsonargparse's rule): refuse it."""
+    seen: dict[str, object] = {}  # the options given so far: a whole list replaces the recipe's
+    for j, arg in enumerate(args):
+        if not arg.startswith("--"):
+            continue
+        key, sep, value = arg[2:].partition("=")
+        if not sep and j + 1 < len(args) and not args[j + 1].startswith("--"):
+            value = args[j + 1]
+        # `--trainer.callbacks.help CLASS` is jsonargparse's help for a class, not a value
+        found = None if key.endswith(".help") else _list_on_path(config, key)
+        if found is not None and f"{found[0]}+" not in seen:  # `+` appends: meant for the last entry
+            path, entries = found
+            if isinstance(seen.get(path), list):
+                entries = seen[path]
+            if len(entries) > 1:
+                names = [str(e.get("class_path", "?")).rsplit(".", 1)[-1] if isinstance(e, dict) else repr(e)
+                         for e in entries]
+                via = (f"the recipe's vars (--vars.NAME VALUE; its vars: {', '.join(var_names)})"
+                       if var_names else "a recipe of your own with vars (see vlp/recipes.py)")
+                raise VLPError(f"--{key} is ambiguous: {path} holds {len(entries)} entries ({', '.join(names)}) "
+                               f"and it would change only the last; use {via}, or give the whole list "
+                               f"--{path} '[...]' (see --print_config)")
+        try:
+            seen[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            seen[key] = value
+
+
+def recipe_config(recipe: str, args: list[str], var_values: dict[str, str]) -> dict:
+    """The merged recipe with the command line's values that interpolations need; list-entry
+    options are checked. With ``--help``, the recipe's vars are printed before Lightning's help."""
+    from vlp.recipes import load_recipe, recipe_vars
+
+    config = load_recipe(recipe, _dotted_overrides(args), var_values)
+    defaults = recipe_vars(recipe)
+    check_list_overrides(config, args, list(defaults))
+    if "-h" in args or "--help" in args:
+        listed = ", ".join(f"--vars.{k} (default {v})" for k, v in defaults.items()) or "none"
+        print(f"recipe {recipe}: the options below override its values (shown as defaults); its vars: {listed}\n")
+    return config
+
+
 def run_cli(argv: list[str], run: bool = True):
     """Parse ``argv`` (without the program name) and run it; returns the LightningCLI.
 
     ``run=False`` builds the model, data and trainer without a subcommand (tests).
     """
-    from vlp.recipes import list_recipes, load_recipe
+    from vlp.recipes import list_recipes
 
+    if run and _front_door(argv):
+        return None
     if argv[:1] == ["eval"]:
         from vlp.eval.command import eval_main
 
@@ -228,16 +439,13 @@ def run_cli(argv: list[str], run: bool = True):
             print(f"{name:<{width}}  {description}")
         return None
     recipe, rest = _take_recipe(argv)
+    var_values, rest = _take_vars(rest, recipe)
     if recipe is not None:
         if run and (not rest or rest[0].startswith("-")):
             raise VLPError("give a subcommand before --recipe, e.g. `vlp fit --recipe clip_tiny`")
-        merged = tempfile.NamedTemporaryFile("w", prefix=f"vlp-recipe-{Path(recipe).stem}-", suffix=".yaml",
-                                             delete=False)
-        with merged:
-            yaml.safe_dump(load_recipe(recipe, _dotted_overrides(rest)), merged, sort_keys=False)
-        atexit.register(os.unlink, merged.name)
-        at = 1 if run else 0
-        rest = [*rest[:at], "--config", merged.name, *rest[at:]]
+        config = recipe_config(recipe, rest, var_values)
+        at = 1 if run else 0  # the merged recipe goes in as YAML text (no temporary file to leave behind)
+        rest = [*rest[:at], "--config", yaml.safe_dump(config, sort_keys=False), *rest[at:]]
     VLPCLI, VLPArgumentParser, VLPModule, VLPDataModule = _make_cli_class(rest, recipe)
     return VLPCLI(
         VLPModule,
@@ -260,6 +468,8 @@ class _DropAdvert(logging.Filter):
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if not sys.stdout.isatty() and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # nohup / SLURM logs: each line as it is printed
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     # Known and handled: the stream gives every worker its own shards and a fixed length.

@@ -85,11 +85,14 @@ class VLPModule(LightningModule):
         self.nonfinite_skipped = 0
         self._nonfinite_in_row = 0
         self._last_loss: torch.Tensor | None = None
+        self._step_rng: tuple[int, dict] | None = None  # (step, RNG states as that step began)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # RNG states of every rank (Lightning keeps none), so that a resumed run draws the
         # same random numbers as the uninterrupted one
         states = rng_states()
+        if self._step_rng is not None and self._trainer is not None and self._step_rng[0] == self.trainer.global_step:
+            states = self._step_rng[1]  # saved before this step completed (after an error): its start
         if self._trainer is not None and self.trainer.world_size > 1 and torch.distributed.is_initialized():
             gathered: list = [None] * self.trainer.world_size
             torch.distributed.all_gather_object(gathered, states)
@@ -106,6 +109,15 @@ class VLPModule(LightningModule):
             rank = self.trainer.global_rank if self._trainer is not None else 0
             if rank < len(rng):
                 set_rng_states(rng[rank])
+
+    def setup(self, stage: str) -> None:
+        # One sample of the data's shapes (a blank image, a tokenized caption): Lightning's model
+        # summary counts the FLOPs of its forward (towers, eval mode) as "Total FLOPs".
+        data = self.trainer.datamodule
+        size, tokenizer = getattr(data, "image_size", None), getattr(data, "tokenizer", None)
+        if self.example_input_array is None and size and callable(tokenizer):
+            sample = {"image": torch.zeros(1, 3, size, size), "text": tokenizer(["a sample caption"])}
+            self.example_input_array = (self.trainer.precision_plugin.convert_input(sample),)
 
     def _tower(self, name: str, x: torch.Tensor, tokens: bool) -> dict[str, torch.Tensor]:
         tower = self.image_tower if name == "image" else self.text_tower
@@ -184,6 +196,9 @@ class VLPModule(LightningModule):
                 "or check the data"
             )
 
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self._step_rng = (self.trainer.global_step, rng_states())
+
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         for objective in self.objectives:
             objective.after_optimizer_step()
@@ -195,11 +210,27 @@ class VLPModule(LightningModule):
             self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
 
     def configure_optimizers(self):
-        total = self.trainer.estimated_stepping_batches
+        total = schedule_steps(self.trainer)
         if not math.isfinite(total):
             raise VLPError("the schedule needs a finite length: set trainer.max_steps or trainer.max_epochs")
         opt, sched = build_optimizer(self, self.optim, int(total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def schedule_steps(trainer) -> float:
+    """Optimiser steps of the whole run (the schedule's length): Lightning's
+    ``estimated_stepping_batches``, but with the epoch length asked of the datamodule when it
+    can tell (``epoch_batches()``). Lightning's own estimate builds and iterates the training
+    loader before a checkpoint is restored and then never hands the loader its saved state, so
+    a resumed ``max_epochs`` run read other data than the uninterrupted one."""
+    datamodule = getattr(trainer, "datamodule", None)
+    if trainer.max_epochs == -1 or not callable(getattr(datamodule, "epoch_batches", None)):
+        return trainer.estimated_stepping_batches
+    batches = datamodule.epoch_batches()
+    limit = trainer.limit_train_batches
+    batches = min(batches, int(limit)) if isinstance(limit, int) else int(batches * limit)
+    steps = math.ceil(batches / trainer.accumulate_grad_batches) * max(trainer.max_epochs, 1)
+    return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps
 
 
 def _takes_tokens_flag(tower: nn.Module) -> bool:

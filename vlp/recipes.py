@@ -4,12 +4,23 @@ A recipe is a LightningCLI config (``seed_everything``, ``trainer``, ``model``,
 ``data``) plus two keys of its own:
 
 - ``description``: one line, shown by ``vlp recipes``;
-- ``extends``: a recipe name or a path (relative to this file) to start from.
+- ``extends``: a recipe name or a path (relative to this file) to start from;
+- ``vars``: named values that the recipe refers to with ``${vars.NAME}``, each one
+  overridable on the command line as ``--vars.NAME VALUE`` (a value of the default's
+  type; an unknown name is an error). They expose settings that a dotted key cannot
+  reach, such as one callback's argument in the ``trainer.callbacks`` list::
 
-Extending merges dictionaries key by key; a list replaces the list; a node whose
-``class_path`` changes replaces the node (its old ``init_args`` would not fit).
-omegaconf interpolation (``${model.image_tower.init_args.embed_dim}``) is resolved
-after merging, so it sees the whole recipe.
+      vars: {ckpt_every_n_steps: 100}
+      trainer:
+        callbacks:
+          - class_path: vlp.callbacks.StepCheckpoint
+            init_args: {every_n_steps: "${vars.ckpt_every_n_steps}"}
+
+Extending merges dictionaries key by key (``vars`` too); a list replaces the list; a
+node whose ``class_path`` changes replaces the node (its old ``init_args`` would not
+fit). omegaconf interpolation (``${model.image_tower.init_args.embed_dim}``,
+``${vars.NAME}``) is resolved after merging and after the command-line values, so it
+sees the whole recipe.
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from vlp.errors import VLPError
 
-OWN_KEYS = ("description", "extends")
+OWN_KEYS = ("description", "extends", "vars")
 
 
 def recipes_root() -> Path:
@@ -58,7 +69,11 @@ def _read(path: Path) -> dict[str, Any]:
     try:
         spec = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise VLPError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)  # 0-based
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        context = getattr(e, "context", None)
+        raise VLPError(f"recipe {where}: invalid YAML: {problem}" + (f" ({context})" if context else "")) from None
     if not isinstance(spec, dict):
         raise VLPError(f"recipe {path} must be a mapping, got {type(spec).__name__}")
     return spec
@@ -107,18 +122,71 @@ def apply_overrides(spec: dict[str, Any], overrides: dict[str, Any]) -> None:
                 node = node[part]
 
 
-def load_recipe(name_or_path: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def _vars_of(raw: dict[str, Any], name_or_path: str) -> dict[str, Any]:
+    found = raw.get("vars") or {}
+    if not isinstance(found, dict) or not all(isinstance(k, str) for k in found):
+        raise VLPError(f"recipe {name_or_path}: vars must be a mapping of names to values")
+    return found
+
+
+def recipe_vars(name_or_path: str) -> dict[str, Any]:
+    """The recipe's ``vars`` with their defaults (merged through ``extends``, not resolved)."""
+    return dict(_vars_of(_load_raw(find_recipe(name_or_path)), name_or_path))
+
+
+def _typed(name: str, default: Any, given: Any) -> Any:
+    """A command-line value for var ``name``, of the type of its default. A string is read
+    as YAML unless the default is a plain string; a default that is None or an
+    interpolation takes any value."""
+    untyped = default is None or (isinstance(default, str) and "${" in default)
+    if isinstance(given, str) and not (isinstance(default, str) and not untyped):
+        try:
+            given = yaml.safe_load(given)
+        except yaml.YAMLError:
+            pass
+    if untyped:
+        return given
+    kinds = [(bool, "true or false"), (int, "an integer"), (float, "a number"), (str, "a string"),
+             (list, "a list"), (dict, "a mapping")]
+    kind, what = next(((k, w) for k, w in kinds if isinstance(default, k)), (type(default), type(default).__name__))
+    if kind is float and isinstance(given, int) and not isinstance(given, bool):
+        given = float(given)
+    if not isinstance(given, kind) or (kind is int and isinstance(given, bool)):
+        raise VLPError(f"--vars.{name} {given!r}: expected {what} (the recipe's default is {default!r})")
+    return given
+
+
+def set_vars(defaults: dict[str, Any], given: dict[str, Any], name_or_path: str) -> dict[str, Any]:
+    """``defaults`` with the command-line ``given`` values (checked by name and type)."""
+    out = dict(defaults)
+    for name, value in given.items():
+        if name not in defaults:
+            known = f"its vars: {', '.join(defaults)}" if defaults else "it has no vars"
+            close = difflib.get_close_matches(name, list(defaults), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise VLPError(f"--vars.{name}: recipe {name_or_path} has no var '{name}'{hint} ({known})")
+        out[name] = _typed(name, defaults[name], value)
+    return out
+
+
+def load_recipe(name_or_path: str, overrides: dict[str, Any] | None = None,
+                var_values: dict[str, Any] | None = None) -> dict[str, Any]:
     """The merged, resolved LightningCLI config of a recipe (without its own keys).
 
     ``overrides``: dotted keys to set before interpolations are resolved.
+    ``var_values``: values for the recipe's vars (``--vars.NAME VALUE``), checked by name and type.
     """
     path = find_recipe(name_or_path)
-    spec = {k: v for k, v in _load_raw(path).items() if k not in OWN_KEYS}
+    raw = _load_raw(path)
+    spec = {k: v for k, v in raw.items() if k not in OWN_KEYS}
+    spec["vars"] = set_vars(_vars_of(raw, name_or_path), var_values or {}, name_or_path)
     apply_overrides(spec, overrides or {})
     try:
-        return OmegaConf.to_container(OmegaConf.create(spec), resolve=True)
+        resolved = OmegaConf.to_container(OmegaConf.create(spec), resolve=True)
     except OmegaConfBaseException as e:
         raise VLPError(f"recipe {name_or_path}: {str(e).splitlines()[0]}") from None
+    resolved.pop("vars")
+    return resolved
 
 
 def describe(name: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections import Counter
 
@@ -10,6 +11,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import DataLoader
 
 from vlp.data.shards import count_samples, expand_shards
@@ -20,6 +22,13 @@ from vlp.errors import VLPError
 from vlp.eval.features import EvalData
 
 
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader workers ignore Ctrl-C and SIGTERM (sent to the whole process group): the main
+    process finishes its step, saves and stops them (vlp.callbacks.StepCheckpoint)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class ResumableLoader(DataLoader):
     """The training DataLoader: positions its stream before each ``iter()`` and saves and
     restores that position through Lightning's stateful-loader interface."""
@@ -27,7 +36,8 @@ class ResumableLoader(DataLoader):
     def __init__(self, owner: VLPDataModule, stream: ShardStream, num_workers: int):
         super().__init__(stream, batch_size=None, num_workers=num_workers, persistent_workers=False,
                          pin_memory=torch.cuda.is_available(), prefetch_factor=4 if num_workers else None,
-                         generator=torch.Generator())  # its base seed must not consume the global RNG
+                         generator=torch.Generator(),  # its base seed must not consume the global RNG
+                         worker_init_fn=ignore_stop_signals)
         self.owner = owner
 
     def __iter__(self):
@@ -48,7 +58,8 @@ class VLPDataModule(LightningDataModule):
         train_shards: shard spec: path, brace or glob pattern, ``a::b``, or
             ``builtin:emoji/google/train-*.tar`` for the data shipped with vlp.
         batch_size: samples per batch per device.
-        num_workers: DataLoader workers; each reads its own shards.
+        num_workers: DataLoader workers; each reads its own shards (lowered, with a warning,
+            to the shards each rank gets).
         image_size: side of the square training crop.
         crop_scale: area range of the random resized crop.
         tokenizer: None = the built-in BPE; or a TextTokenizer / HFTokenizer.
@@ -131,9 +142,13 @@ class VLPDataModule(LightningDataModule):
         self._next_epoch = 0
         self._epoch = 0
         self._positions: dict[int, dict] = {}  # worker -> {"raw", "batches"} in the current epoch
+        # the position and counts before the newest batch, and the optimiser step it feeds: a
+        # checkpoint written before that step completes (after an error) reports these
+        self._before_batch: tuple[int, dict, Counter] | None = None
         self._resume: dict | None = None
         self._workers = 1
         self._warned_shards: set[str] = set()
+        self._warned_workers = False
 
     def _epoch_samples(self) -> int:
         """Samples per epoch; the shard index is read once, not at every train_dataloader call."""
@@ -144,14 +159,26 @@ class VLPDataModule(LightningDataModule):
     def _world_size(self) -> int:
         return self.trainer.world_size if self.trainer is not None else 1
 
+    def _loader_workers(self, world: int) -> int:
+        """``num_workers``, lowered (with a warning) to the shards each rank gets: a worker reads
+        whole shards. 0 stays 0 (the main process reads); a resampled stream needs no split."""
+        per_rank = len(self.shards) // world
+        if self.resampled or self.num_workers <= max(1, per_rank):
+            return self.num_workers
+        if not self._warned_workers:
+            self._warned_workers = True
+            rank_zero_warn(f"data.num_workers {self.num_workers} lowered to {per_rank}: {len(self.shards)} shards give "
+                           f"each of {world} ranks {per_rank} and a worker reads whole shards (write more shards to "
+                           "use more workers)")
+        return per_rank
+
     def train_dataloader(self) -> DataLoader:
         world = self._world_size()
-        workers = max(1, self.num_workers)
-        if not self.resampled and len(self.shards) < world * workers:
-            raise VLPError(
-                f"{len(self.shards)} shards cannot feed {world} ranks x {workers} workers: "
-                "lower data.num_workers, write more shards, or set data.resampled true"
-            )
+        if not self.resampled and len(self.shards) < world:
+            raise VLPError(f"{len(self.shards)} shards cannot feed {world} ranks: write at least one shard per rank, "
+                           "or set data.resampled true")
+        num_workers = self._loader_workers(world)
+        workers = max(1, num_workers)  # the stream's parts; recorded in the loader state
         total = self._epoch_samples()
         per_worker = total // (world * workers * self.batch_size)
         if per_worker < 1:
@@ -169,7 +196,11 @@ class VLPDataModule(LightningDataModule):
                              shuffle_buffer=self.shuffle_buffer, resampled=self.resampled, seed=self.seed)
         stream.length = per_worker * workers
         self._workers = workers
-        return ResumableLoader(self, stream, num_workers=self.num_workers)
+        return ResumableLoader(self, stream, num_workers=num_workers)
+
+    def epoch_batches(self) -> int:
+        """Batches per rank in one epoch (the schedule's epoch length), without iterating."""
+        return len(self.train_dataloader())
 
     def batch_fields(self) -> frozenset[str]:
         """The fields of a training batch (objectives' ``needs`` are checked against them)."""
@@ -180,8 +211,9 @@ class VLPDataModule(LightningDataModule):
         return EvalData(self.tokenizer, self.image_size, self.num_workers if num_workers is None else num_workers)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        # Captions and metadata stay on the host; tensors move.
-        return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        # Captions and metadata stay on the host; tensors move (at any depth: the model summary's
+        # example input is a batch inside a tuple).
+        return apply_to_collection(batch, torch.Tensor, lambda t: t.to(device, non_blocking=True))
 
     # ---- stream position: set before every iter(), reported by every batch, saved in checkpoints
 
@@ -213,6 +245,8 @@ class VLPDataModule(LightningDataModule):
         state = batch.pop("_state", None) if isinstance(batch, dict) else None
         if state is None:
             return batch
+        step = self.trainer.global_step if self.trainer is not None else 0
+        self._before_batch = (step, {w: dict(p) for w, p in self._positions.items()}, Counter(self.stats))
         self._positions[state["worker"]] = {"raw": state["raw"], "batches": state["batches"]}
         self.stats.update(state["counts"])
         for shard in state["bad_shards"]:
@@ -257,7 +291,10 @@ class VLPDataModule(LightningDataModule):
     def loader_state(self) -> dict:
         """The stream position of every rank (a collective under DDP: every rank calls it)."""
         trainer = self.trainer
-        mine = {"positions": {w: dict(p) for w, p in self._positions.items()}, "stats": dict(self.stats)}
+        positions, stats = self._positions, self.stats
+        if self._before_batch is not None and trainer is not None and trainer.global_step == self._before_batch[0]:
+            _, positions, stats = self._before_batch  # the newest batch's step did not complete
+        mine = {"positions": {w: dict(p) for w, p in positions.items()}, "stats": dict(stats)}
         world = self._world_size()
         if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             ranks: list = [None] * world

@@ -31,7 +31,8 @@ def expand_shards(spec: str | list[str]) -> list[str]:
     ``spec``: a path, a brace pattern (``data/{00000..00099}.tar``), a glob
     (``data/*.tar``), ``builtin:emoji/google/train-*.tar``, several of these
     joined with ``::`` or given as a list. Remote urls pass through unchecked.
-    A local pattern that matches no file is an error that names it.
+    A local pattern that matches no file, and a local file that is not a tar archive
+    (judged from its first header block), are errors that name them.
     """
     parts = spec if isinstance(spec, list) else str(spec).split("::")
     out: list[str] = []
@@ -49,10 +50,31 @@ def expand_shards(spec: str | list[str]) -> list[str]:
             found += sorted(glob.glob(pat)) if glob.has_magic(pat) else [pat] if Path(pat).is_file() else []
         if not found:
             raise VLPError(f"shard path '{part}' matches no file")
+        for path in found:
+            check_tar(path)
         out += found
     if not out:
         raise VLPError(f"no shards given ({spec!r})")
     return out
+
+
+def check_tar(path: str) -> None:
+    """A local shard must be an uncompressed tar archive: its first header block is read and
+    checked (512 bytes; a damaged later part is found, skipped and counted while reading)."""
+    try:
+        with open(path, "rb") as f:
+            block = f.read(tarfile.BLOCKSIZE)
+    except OSError as e:
+        raise VLPError(f"cannot read shard {path}: {e.strerror or e}") from None
+    if not block:
+        raise VLPError(f"shard {path} is not a tar file (an empty file)")
+    try:
+        tarfile.TarInfo.frombuf(block, tarfile.ENCODING, "surrogateescape")
+    except tarfile.EOFHeaderError:
+        pass  # the end-of-archive block: an archive without members
+    except tarfile.HeaderError:
+        kind = "gzip-compressed; give plain .tar shards" if block[:2] == b"\x1f\x8b" else "no tar header at its start"
+        raise VLPError(f"shard {path} is not a tar file ({kind})") from None
 
 
 def count_samples(shard: str) -> int:
