@@ -63,14 +63,14 @@ def calibrate(recipe: str, extra: list[str], steps: int) -> dict:
     import torch
 
     from vlp.cli import run_cli
-    from vlp.eval.tasks import load_task, run_task
+    from vlp.eval.tasks import load_task
 
     cli = run_cli(["--recipe", recipe, "--trainer.logger", "false", *extra], run=False)
     model, data = cli.model.train(), cli.datamodule
     model.log = lambda *a, **k: None
 
     start = time.perf_counter()  # the curve's evaluations of the untrained model: its step 0
-    initial = {t: run_task(model.eval(), load_task(t), data.eval_data(None))["metrics"] for t in {t for t, _, _ in CURVE}}
+    initial = {t: load_task(t).run(model.eval(), data.eval_data(None))["metrics"] for t in {t for t, _, _ in CURVE}}
     eval_s = time.perf_counter() - start
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
@@ -115,7 +115,7 @@ def run(recipe: str, extra: list[str], budget_s: float, cal: dict, points: int, 
     every = max(1, round(planned / points))
     work = tempfile.mkdtemp(prefix=f"vlp-compare-{recipe}-")
     cmd = [sys.executable, "-c", WRAPPER, "fit", "--recipe", recipe, *limits, "--trainer.enable_progress_bar", "false",
-           "--trainer.logger.init_args.save_dir", work, "--trainer.callbacks", curve_callbacks(recipe, every), *extra]
+           "--trainer.default_root_dir", work, "--trainer.callbacks", curve_callbacks(recipe, every), *extra]
     start = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=work, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     wall = time.perf_counter() - start

@@ -40,7 +40,7 @@ def machine() -> str:
 def one_run(recipe: str, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "vlp.cli", "fit", "--recipe", recipe, "--trainer.enable_progress_bar", "false",
-               "--trainer.logger.init_args.save_dir", tmp, *extra]
+               "--trainer.default_root_dir", tmp, *extra]
         start = time.perf_counter()
         out = subprocess.run(cmd, capture_output=True, text=True)
         seconds = time.perf_counter() - start

@@ -97,7 +97,7 @@ def main() -> None:
     from open_clip_train.scheduler import cosine_lr
 
     from vlp.data.datamodule import VLPDataModule
-    from vlp.eval.tasks import load_task, run_task
+    from vlp.eval.tasks import load_task
 
     seed_everything(args.seed, workers=True)
     start = time.perf_counter()
@@ -122,7 +122,7 @@ def main() -> None:
                 model.logit_scale.clamp_(0, 4.6052)
             step += 1
     train_s = time.perf_counter() - train_start
-    results = {t: run_task(Encoders(model), load_task(t), data.eval_data(0))["metrics"] for t in TASKS}
+    results = {t: load_task(t).run(Encoders(model), data.eval_data(0))["metrics"] for t in TASKS}
     total_s = time.perf_counter() - start
     row = [f"{args.epochs}", f"{args.lr:g}", f"{args.warmup}", f"{args.batch_size}", f"{step}", f"{train_s:.0f}",
            f"{total_s:.0f}"]

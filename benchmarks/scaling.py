@@ -64,16 +64,16 @@ def overrides(width: int, depth: int, shards: int, steps: int, points: int, batc
     ]
     return [
         "--recipe", "clip_tiny",
-        "--model.image_tower.model_kwargs",
+        "--model.towers.image.model_kwargs",
         json.dumps({"patch_size": 8, "embed_dim": width, "depth": depth, "num_heads": heads, "pre_norm": True}),
-        "--model.image_tower.embed_dim", str(width),
-        "--model.text_tower.width", str(width), "--model.text_tower.layers", str(depth),
-        "--model.text_tower.heads", str(heads), "--model.text_tower.embed_dim", str(width),
+        "--model.towers.image.embed_dim", str(width),
+        "--model.towers.text.width", str(width), "--model.towers.text.layers", str(depth),
+        "--model.towers.text.heads", str(heads), "--model.towers.text.embed_dim", str(width),
         "--data.train_shards", SHARD.format(last=shards - 1), "--data.num_workers", str(min(2, shards)),
         "--data.batch_size", str(batch),
         "--trainer.max_steps", str(steps), "--trainer.max_epochs", "-1",
         "--trainer.callbacks", json.dumps(callbacks), "--trainer.enable_checkpointing", "false",
-        "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", work,
+        "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", work,
     ]
 
 
@@ -82,7 +82,7 @@ def count(args: list[str]) -> dict:
     from vlp.cli import run_cli
     from vlp.data.shards import count_samples
 
-    i = args.index("--trainer.logger.init_args.save_dir")
+    i = args.index("--trainer.default_root_dir")
     cli = run_cli(args[:i] + args[i + 2:] + ["--trainer.logger", "false"], run=False)
     towers = [cli.model.image_tower, cli.model.text_tower]
     return {"params": sum(p.numel() for t in towers for p in t.parameters()),

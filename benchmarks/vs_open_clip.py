@@ -177,7 +177,8 @@ def eval_check(oc_model, data, args) -> dict:
     import open_clip
 
     from vlp.eval.features import extract_features
-    from vlp.eval.tasks import load_task, zeroshot_weights
+    from vlp.eval.tasks import load_task
+    from vlp.eval.zeroshot import zeroshot_weights
 
     task = load_task("emoji_google_test_category")
     enc = Encoders(oc_model).eval()
@@ -207,7 +208,7 @@ def main() -> None:
     if args.probe:
         return probe(args)
 
-    from vlp.eval.tasks import load_task, run_task
+    from vlp.eval.tasks import load_task
 
     module, data = build_vlp(args)
     oc = build_open_clip(args)
@@ -231,8 +232,8 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     sps = {k: args.batch_size / v for k, v in med.items()}
     eval_data = data.eval_data(0)
-    acc = {"vlp": {t: run_task(module, load_task(t), eval_data)["metrics"] for t in TASKS},
-           "open_clip": {t: run_task(Encoders(oc), load_task(t), eval_data)["metrics"] for t in TASKS}}
+    acc = {"vlp": {t: load_task(t).run(module, eval_data)["metrics"] for t in TASKS},
+           "open_clip": {t: load_task(t).run(Encoders(oc), eval_data)["metrics"] for t in TASKS}}
     mem = {k: memory_probe(k, args) for k in ("vlp", "open_clip")}
     check = eval_check(oc, data, args)
     import open_clip

@@ -9,7 +9,7 @@ from pathlib import Path
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from vlp.callbacks.checkpoint import interrupted_by
-from vlp.eval.tasks import load_task, run_task, task_summary
+from vlp.eval.tasks import load_task, task_summary
 
 
 class EvalTasks(Callback):
@@ -25,7 +25,8 @@ class EvalTasks(Callback):
         batch_size: eval batch size per rank.
         num_workers: data workers per rank for eval (None = the DataModule's).
 
-    On several ranks every rank embeds its share of each eval set and the embeddings are
+    On several ranks every rank embeds an equal share of each eval set (the same number of
+    forward passes on every rank, so sharded parameters work) and the embeddings are
     gathered, so the metrics equal those of one process. They are logged (from rank 0) as
     ``eval/<task>/<metric>``, with ``eval/train_seconds``: wall-clock seconds of training since
     this launch's training started, not counting this callback's own evaluations (the x axis of
@@ -56,7 +57,7 @@ class EvalTasks(Callback):
         start = time.perf_counter()
         train_seconds = start - (self._train_start or start) - self._eval_seconds
         data = trainer.datamodule.eval_data(self.num_workers)
-        results = [run_task(module, task, data, self.batch_size, trainer.global_rank, trainer.world_size,
+        results = [task.run(module, data, trainer.global_rank, trainer.world_size, batch_size=self.batch_size,
                             autocast=trainer.precision_plugin.forward_context)
                    for task in tasks]
         entry = self.history[-1] if self.history else None

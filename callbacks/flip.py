@@ -45,7 +45,7 @@ class UnmaskedTuning(Callback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if not any(isinstance(m, PatchMask) and m.ratio > 0 for m in pl_module.modules()) and not self.applied:
-            raise VLPError("UnmaskedTuning is in the recipe but no image tower masks patches (image_tower.mask_ratio)")
+            raise VLPError("UnmaskedTuning is in the recipe but no image tower masks patches (model.towers.image.mask_ratio)")
 
     def on_train_start(self, trainer, pl_module) -> None:
         if self.applied:  # resumed after the switch: masks are not in the checkpoint, the lr is

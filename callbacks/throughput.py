@@ -8,12 +8,15 @@ import torch
 from lightning.pytorch import Callback
 from torch.utils.flop_counter import FlopCounterMode
 
+from vlp.errors import VLPError
+
 
 class ThroughputMonitor(Callback):
     """Logs, every ``log_every_n_steps`` optimiser steps, over the steps since the last log:
 
     - ``throughput/samples_per_s``: image-text pairs per second, all ranks;
-    - ``throughput/text_tokens_per_s``: non-padding caption tokens per second, all ranks;
+    - ``throughput/text_tokens_per_s``: non-padding caption tokens per second, all ranks (the pad
+      id is the one of the datamodule's tokenizer, ``tokenizer.spec``);
     - ``throughput/step_s``: seconds per step;
     - ``throughput/flops_per_sample``: forward + backward FLOPs of the towers and objectives per
       pair, counted once with torch's FlopCounterMode on the first measured step;
@@ -24,12 +27,11 @@ class ThroughputMonitor(Callback):
     The first ``warmup_steps`` steps are left out (start-up, compilation, cache warm-up).
     """
 
-    def __init__(self, log_every_n_steps: int = 10, warmup_steps: int = 3, peak_flops: float | None = None,
-                 pad_id: int = 0):
+    def __init__(self, log_every_n_steps: int = 10, warmup_steps: int = 3, peak_flops: float | None = None):
         self.log_every_n_steps = log_every_n_steps
         self.warmup_steps = warmup_steps
         self.peak_flops = peak_flops
-        self.pad_id = pad_id
+        self.pad_id: int | None = None  # the tokenizer's, read in setup
         self.flops_per_step: int | None = None
         self.samples_per_step: int | None = None
         self._counter: FlopCounterMode | None = None
@@ -48,6 +50,13 @@ class ThroughputMonitor(Callback):
         precision = str(trainer.precision)
         dtype = torch.bfloat16 if "bf16" in precision else torch.float16 if "16" in precision else torch.float32
         return get_available_flops(device, dtype)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        spec = getattr(getattr(trainer.datamodule, "tokenizer", None), "spec", None)
+        if spec is None:
+            raise VLPError("ThroughputMonitor counts text tokens with the tokenizer's pad id, but the datamodule "
+                           "has no tokenizer with a spec (vlp.data.text_spec.TextSpec)")
+        self.pad_id = spec.pad_id
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.flops_per_step is None and trainer.global_step == self.warmup_steps and self._counter is None:

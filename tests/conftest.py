@@ -14,18 +14,18 @@ EMOJI_TRAIN = "builtin:emoji/google/train-*.tar"
 # (2 layers, width 64, 32-px images).
 TINY = [
     "--data.batch_size", "8", "--data.num_workers", "0", "--data.image_size", "32",
-    "--model.image_tower.embed_dim", "64",
-    "--model.image_tower.model_kwargs", "{patch_size: 8, embed_dim: 64, depth: 2, num_heads: 2}",
-    "--model.text_tower.width", "64", "--model.text_tower.layers", "2", "--model.text_tower.heads", "2",
-    "--model.text_tower.embed_dim", "64",
+    "--model.towers.image.embed_dim", "64",
+    "--model.towers.image.model_kwargs", "{patch_size: 8, embed_dim: 64, depth: 2, num_heads: 2}",
+    "--model.towers.text.width", "64", "--model.towers.text.layers", "2", "--model.towers.text.heads", "2",
+    "--model.towers.text.embed_dim", "64",
 ]
 
 # The same for recipes with an EfficientNet + BERT-like (transformers) pair (ALIGN).
 TINY_ALIGN = [
     "--data.batch_size", "8", "--data.num_workers", "0", "--data.image_size", "32",
-    "--model.image_tower.model_name", "efficientnet_b0", "--model.image_tower.embed_dim", "64",
-    "--model.text_tower.embed_dim", "64",
-    "--model.text_tower.config", "{model_type: bert, vocab_size: 8192, hidden_size: 64, num_hidden_layers: 2, "
+    "--model.towers.image.model_name", "efficientnet_b0", "--model.towers.image.embed_dim", "64",
+    "--model.towers.text.embed_dim", "64",
+    "--model.towers.text.config", "{model_type: bert, vocab_size: 8192, hidden_size: 64, num_hidden_layers: 2, "
     "num_attention_heads: 2, intermediate_size: 128, max_position_embeddings: 64}",
 ]
 
@@ -53,4 +53,4 @@ def tiny_module():
     image = TimmImageTower("vit_tiny_patch16_224", embed_dim=64, image_size=32,
                            model_kwargs=dict(patch_size=8, embed_dim=64, depth=2, num_heads=2))
     text = TextTransformer(context_length=16, width=64, layers=2, heads=2, embed_dim=64)
-    return VLPModule(image, text, [ContrastiveLoss()])
+    return VLPModule({"image": image, "text": text}, [ContrastiveLoss()])

@@ -15,7 +15,7 @@ from vlp.objectives import Objective
 class NeedsViews(Objective):
     """An objective that reads extra augmented views the data pipeline does not make."""
 
-    needs = frozenset({"image", "text", "views"})
+    reads = frozenset({"image.pooled", "views.features"})
     default_name = "views"
 
     def forward(self, outputs, batch):
@@ -46,8 +46,8 @@ def test_unknown_override_key(capsys):
 
 
 def test_unknown_key_inside_a_part(capsys):
-    line = _error_line(capsys, ["fit", "--recipe", "clip_tiny", "--model.text_tower.widht", "3"])
-    assert line == "vlp: error: unknown option --model.text_tower.widht: no such key"
+    line = _error_line(capsys, ["fit", "--recipe", "clip_tiny", "--model.towers.text.widht", "3"])
+    assert line == "vlp: error: unknown option --model.towers.text.widht: no such key"
 
 
 def test_wrong_type_inside_a_dataclass(capsys):
@@ -66,24 +66,62 @@ def test_shard_path_matching_no_file(capsys, tmp_path):
 
 
 def test_tokenizer_longer_than_the_text_tower(capsys):
-    line = _error_line(capsys, ["fit", "--recipe", "clip_tiny", *TINY, "--model.text_tower.context_length", "8",
+    line = _error_line(capsys, ["fit", "--recipe", "clip_tiny", *TINY, "--model.towers.text.context_length", "8",
                                 "--trainer.max_steps", "1", "--trainer.logger", "false"])
-    assert line == "vlp: error: data.context_length 16 exceeds model.text_tower.context_length 8"
+    assert line == ("vlp: error: model.towers.text: context_length 8 is shorter than the tokenizer's "
+                    "context_length 16")
+
+
+def test_the_tokenizers_pad_id_reaches_the_text_tower(tmp_path):
+    """An XLM-R-like tokenizer (pad 1, start 0) given as data: the tower masks with 1, found
+    among the model's parts (no tower named in the code)."""
+    from tests.test_text_spec import xlmr_like_tokenizer
+    from vlp.towers import TextTransformer
+
+    xlmr_like_tokenizer(tmp_path)
+    tokenizer = ("{class_path: vlp.data.tokenizer.TextTokenizer, "
+                 f"init_args: {{path: {tmp_path}/xlmr_like.json, context_length: 16}}}}")
+    cli = run_cli(["--recipe", "clip_tiny", *TINY, "--data.tokenizer", tokenizer, "--trainer.logger", "false"],
+                  run=False)
+    towers = [m for m in cli.model.modules() if isinstance(m, TextTransformer)]
+    assert len(towers) == 1 and towers[0].pad_id == 1 and towers[0].text_spec is cli.datamodule.tokenizer.spec
+
+
+def test_a_text_tower_pad_id_other_than_the_tokenizers(capsys):
+    line = _error_line(capsys, ["fit", "--recipe", "clip_tiny", *TINY, "--model.towers.text.pad_id", "1",
+                                "--trainer.max_steps", "1", "--trainer.logger", "false"])
+    assert line == ("vlp: error: model.towers.text: pad_id 1 differs from the tokenizer's pad id 0 "
+                    "(leave pad_id unset to take the tokenizer's)")
+
+
+def test_default_root_dir_holds_logs_and_checkpoints(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the recipes' default root is ./runs: nothing may land there
+    root = tmp_path / "elsewhere"
+    every_step = "[{class_path: vlp.callbacks.StepCheckpoint, init_args: {every_n_steps: 1}}]"
+    main(["fit", "--recipe", "clip_tiny", *TINY, "--trainer.max_steps", "2", "--trainer.callbacks", every_step,
+          "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
+          "--trainer.default_root_dir", str(root)])
+    out = capsys.readouterr().out
+    ckpt = Path(next(line for line in out.splitlines() if line.startswith("checkpoint: ")).split(": ", 1)[1])
+    logs = Path(next(line for line in out.splitlines() if line.startswith("logs: ")).split(": ", 1)[1])
+    assert logs == root / "clip_tiny" / "version_0" and (logs / "metrics.csv").is_file()
+    assert ckpt.parent == logs / "checkpoints" and ckpt.is_file()
+    assert not (tmp_path / "runs").exists()
 
 
 def test_overrides_and_print_config(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--recipe", "clip_tiny", "--trainer.max_steps", "50", "--model.text_tower.width", "32",
+        main(["fit", "--recipe", "clip_tiny", "--trainer.max_steps", "50", "--model.towers.text.width", "32",
               "--data.batch_size", "16", "--data.image_size", "48", "--print_config"])
     assert exit_info.value.code == 0
     import yaml
 
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["trainer"]["max_steps"] == 50
-    assert cfg["model"]["text_tower"]["init_args"]["width"] == 32
+    assert cfg["model"]["towers"]["text"]["init_args"]["width"] == 32
     assert cfg["data"]["batch_size"] == 16
     # the recipe's ${data.image_size} interpolation follows the command-line value
-    assert cfg["model"]["image_tower"]["init_args"]["image_size"] == cfg["data"]["image_size"] == 48
+    assert cfg["model"]["towers"]["image"]["init_args"]["image_size"] == cfg["data"]["image_size"] == 48
 
 
 def test_recipe_given_as_a_yaml_path(tmp_path):
@@ -123,8 +161,8 @@ def test_clip_vit_b16_runs_a_step_on_cpu(tmp_path):
               "--trainer.callbacks", "[]", "--trainer.enable_progress_bar", "false",
               "--trainer.default_root_dir", str(tmp_path)])
     assert cli.trainer.global_step == 1
-    assert cli.model.image_tower.trunk.patch_embed.proj.kernel_size == (16, 16)
-    assert len(cli.model.text_tower.blocks) == 12 and cli.trainer.precision == "bf16-mixed"
+    assert cli.model.towers.image.trunk.patch_embed.proj.kernel_size == (16, 16)
+    assert len(cli.model.towers.text.blocks) == 12 and cli.trainer.precision == "bf16-mixed"
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
 
 
@@ -156,9 +194,12 @@ def test_fit_on_two_cpu_processes(tmp_path):
     (["--data.seed", "abc"], "data.seed"),
     (["--trainer.max_stepz", "3"], "--trainer.max_stepz"),
     (["--trainer.callbacks", "[{class_path: lightning.pytorch.callbacks.ModelCheckpont}]"], "ModelCheckpont"),
-    (["--model.image_tower.model_name", "vit_nonexistent_patch16"], "vit_nonexistent_patch16"),
-    (["--model.objectives", "[{class_path: vlp.objectives.ContrastiveLoss}, {class_path: tests.test_cli.NeedsViews}]"],
-     "objective views needs batch fields ['views'], which this data pipeline does not make"),
+    (["--model.towers.image.model_name", "vit_nonexistent_patch16"], "vit_nonexistent_patch16"),
+    (["--model.objectives", "[{class_path: vlp.objectives.ContrastiveLoss}, {class_path: tests.test_cli.NeedsViews}]",
+      "--model.share", "{views: image}"],
+     "objective views reads batch fields ['views'], which this data pipeline does not make"),
+    (["--model.objectives", "[{class_path: tests.test_cli.NeedsViews}]"],
+     "objective views reads views.features, but there is no tower or shared name 'views'"),
 ])
 def test_bad_overrides_end_in_one_line_before_training(capsys, argv, expected):
     line = _error_line(capsys, ["fit", "--recipe", "clip_tiny", *TINY, "--trainer.max_steps", "1",

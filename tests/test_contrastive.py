@@ -8,6 +8,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from vlp.objectives import ContrastiveLoss, SigmoidLoss
+from vlp.towers.output import TowerOutput
 
 
 def reference_clip_loss(image, text, scale):
@@ -23,6 +24,11 @@ def reference_clip_loss(image, text, scale):
     return total / (2 * n)
 
 
+def _out(image, text):
+    """Tower outputs with these pooled embeddings (the objectives normalise them)."""
+    return {"image": TowerOutput(image, image), "text": TowerOutput(text, text)}
+
+
 def _features(n=6, d=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     return (F.normalize(torch.randn(n, d, generator=g), dim=-1), F.normalize(torch.randn(n, d, generator=g), dim=-1))
@@ -31,7 +37,7 @@ def _features(n=6, d=5, seed=0):
 def test_loss_matches_hand_computed_reference():
     image, text = _features()
     loss_fn = ContrastiveLoss()
-    loss, metrics = loss_fn({"image_embed": image, "text_embed": text}, {})
+    loss, metrics = loss_fn(_out(image, text), {})
     assert math.isclose(loss.item(), reference_clip_loss(image, text, 1 / 0.07), rel_tol=1e-5)
     assert math.isclose(metrics["logit_scale"].item(), 1 / 0.07, rel_tol=1e-6)
 
@@ -41,12 +47,12 @@ def test_gradients_match_reference():
     image.requires_grad_(True)
     text.requires_grad_(True)
     loss_fn = ContrastiveLoss(init_logit_scale=math.log(10.0))
-    loss, _ = loss_fn({"image_embed": image, "text_embed": text}, {})
+    loss, _ = loss_fn(_out(image, text), {})
     loss.backward()
     img64 = image.detach().double().requires_grad_(True)
     txt64 = text.detach().double().requires_grad_(True)
     scale = torch.tensor(math.log(10.0), dtype=torch.float64, requires_grad=True)
-    logits = scale.exp() * img64 @ txt64.T
+    logits = scale.exp() * F.normalize(img64, dim=-1) @ F.normalize(txt64, dim=-1).T
     ref = (-(logits.diag()) + logits.logsumexp(1)).mean() / 2 + (-(logits.diag()) + logits.logsumexp(0)).mean() / 2
     ref.backward()
     assert torch.allclose(image.grad.double(), img64.grad, atol=1e-5)
@@ -54,17 +60,21 @@ def test_gradients_match_reference():
     assert math.isclose(loss_fn.logit_scale.grad.item(), scale.grad.item(), rel_tol=1e-4)
 
 
-def test_logit_scale_is_clamped_to_ln_100_after_a_step():
+def test_logit_scale_is_clamped_to_ln_100_in_the_forward_without_editing_the_parameter():
+    image, text = _features()
     loss_fn = ContrastiveLoss()
     with torch.no_grad():
         loss_fn.logit_scale.fill_(7.0)
-    loss_fn.after_optimizer_step()
-    assert math.isclose(loss_fn.logit_scale.item(), math.log(100), rel_tol=1e-6)
+    loss, metrics = loss_fn(_out(image, text), {})
+    assert math.isclose(metrics["logit_scale"].item(), 100.0, rel_tol=1e-6)
+    assert math.isclose(loss.item(), reference_clip_loss(image, text, 100.0), rel_tol=1e-5)
+    loss.backward()
+    assert loss_fn.logit_scale.item() == 7.0 and loss_fn.logit_scale.grad.item() == 0.0
 
 
 def test_label_smoothing_matches_torch():
     image, text = _features()
-    loss, _ = ContrastiveLoss(label_smoothing=0.1)({"image_embed": image, "text_embed": text}, {})
+    loss, _ = ContrastiveLoss(label_smoothing=0.1)(_out(image, text), {})
     logits = (1 / 0.07) * image @ text.T
     labels = torch.arange(6)
     ref = (F.cross_entropy(logits, labels, label_smoothing=0.1) + F.cross_entropy(logits.T, labels, label_smoothing=0.1)) / 2
@@ -83,7 +93,7 @@ class _Towers(torch.nn.Module):
                      else SigmoidLoss(init_logit_scale=math.log(5.0), init_logit_bias=-2.0))
 
     def forward(self, x_img, x_txt):
-        out = {"image_embed": F.normalize(self.img(x_img), dim=-1), "text_embed": F.normalize(self.txt(x_txt), dim=-1)}
+        out = _out(self.img(x_img), self.txt(x_txt))
         return self.loss(out, {})[0]
 
 
@@ -146,10 +156,10 @@ def test_sigmoid_loss_matches_hand_computed_reference_and_defaults():
     image, text = _features(n=5)
     loss_fn = SigmoidLoss()
     assert math.isclose(loss_fn.logit_scale.exp().item(), 10.0, rel_tol=1e-6) and loss_fn.logit_bias.item() == -10.0
-    loss, metrics = loss_fn({"image_embed": image, "text_embed": text}, {})
+    loss, metrics = loss_fn(_out(image, text), {})
     assert math.isclose(loss.item(), reference_sigmoid_loss(image, text, 10.0, -10.0), rel_tol=1e-5)
     loss2, _ = SigmoidLoss(init_logit_scale=math.log(3.0), init_logit_bias=0.5)(
-        {"image_embed": image, "text_embed": text}, {})
+        _out(image, text), {})
     assert math.isclose(loss2.item(), reference_sigmoid_loss(image, text, 3.0, 0.5), rel_tol=1e-5)
 
 
@@ -158,13 +168,13 @@ def test_sigmoid_loss_gradients_match_reference():
     image.requires_grad_(True)
     text.requires_grad_(True)
     loss_fn = SigmoidLoss(init_logit_scale=math.log(4.0), init_logit_bias=-1.5)
-    loss, _ = loss_fn({"image_embed": image, "text_embed": text}, {})
+    loss, _ = loss_fn(_out(image, text), {})
     loss.backward()
     img64 = image.detach().double().requires_grad_(True)
     txt64 = text.detach().double().requires_grad_(True)
     t = torch.tensor(math.log(4.0), dtype=torch.float64, requires_grad=True)
     b = torch.tensor(-1.5, dtype=torch.float64, requires_grad=True)
-    z = t.exp() * img64 @ txt64.T + b
+    z = t.exp() * F.normalize(img64, dim=-1) @ F.normalize(txt64, dim=-1).T + b
     labels = 2 * torch.eye(5, dtype=torch.float64) - 1
     ref = torch.log1p(torch.exp(-labels * z)).sum() / 5
     ref.backward()

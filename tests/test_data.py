@@ -146,3 +146,45 @@ def test_reshard_keeps_every_member(tmp_path):
     assert counts == [3, 3, 4]
     with tarfile.open(tmp_path / "out-002.tar") as tar:
         assert tar.getnames()[:2] == ["00006.png", "00006.txt"]
+
+
+def test_every_reader_takes_the_sample_key_by_one_rule(tmp_path):
+    """webdataset's rule (the member name up to the first dot of its basename) in the tar reader,
+    the eval stream, the shard writer's reader and the sample count alike: a dotted folder and
+    ``./`` prefixes do not merge samples, a dotted field stays one field."""
+    from vlp.data.eval_set import EvalStream
+    from vlp.data.shard_writer import read_samples
+    from vlp.data.tar_reader import split_key, tar_samples
+    from vlp.data.tokenizer import TextTokenizer
+
+    png = _png((1, 2, 3))
+    members = [("./v1.2/000.png", png), ("./v1.2/000.seg.PNG", b"x"), ("./v1.2/000.txt", b"a"),
+               ("./v1.2/001.png", png), ("./v1.2/001.txt", b"b"), ("./v1.3/000.png", png),
+               ("./v1.3/000.txt", b"c"), ("README", b"not a sample")]
+    with tarfile.open(tmp_path / "a.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert split_key("./v1.2/000.seg.PNG") == ("./v1.2/000", "seg.png") and split_key("README") is None
+    keys = ["./v1.2/000", "./v1.2/001", "./v1.3/000"]
+    assert [s["__key__"] for s in tar_samples(str(tmp_path / "a.tar"))] == keys
+    assert [(k, sorted(f)) for k, f in read_samples([tmp_path / "a.tar"])] == [
+        (keys[0], ["png", "seg.png", "txt"]), (keys[1], ["png", "txt"]), (keys[2], ["png", "txt"])]
+    assert count_samples(str(tmp_path / "a.tar")) == 3
+    stream = EvalStream([str(tmp_path / "a.tar")], lambda im: torch.zeros(1), TextTokenizer(context_length=8), 8,
+                        label_field="txt")
+    assert [b["label"] for b in stream] == [["a", "b", "c"]]
+
+
+def test_data_never_imports_eval():
+    import ast
+    from pathlib import Path
+
+    import vlp.data
+
+    for path in Path(vlp.data.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n == "vlp.eval" or n.startswith("vlp.eval.") for n in names), path.name

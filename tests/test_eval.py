@@ -7,17 +7,18 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from vlp.data.eval_set import EvalData, EvalStream
 from vlp.data.shard_writer import write_shard
 from vlp.data.tokenizer import TextTokenizer
 from vlp.errors import VLPError
-from vlp.eval.features import EvalData, EvalStream, extract_features
-from vlp.eval.probe import (LinearHead, few_shot, fit_logistic_regression, linear_probe, sample_shots,
-                            text_init_head)
-from vlp.eval.templates import IMAGENET80, fill, resolve_templates
-
+from vlp.eval.features import extract_features
+from vlp.eval.few_shot import LinearHead, few_shot, sample_shots, text_init_head
+from vlp.eval.linear_probe import fit_logistic_regression, linear_probe
+from vlp.eval.metrics import classification_metrics
 from vlp.eval.retrieval import retrieval_metrics
-from vlp.eval.tasks import load_task, run_task
-from vlp.eval.zeroshot import classification_metrics, zeroshot_classifier
+from vlp.eval.tasks import load_task
+from vlp.eval.templates import IMAGENET80, fill, resolve_templates
+from vlp.eval.zeroshot import zeroshot_classifier
 
 
 def test_retrieval_recall_by_hand():
@@ -77,16 +78,18 @@ def test_builtin_task_runs_on_the_emoji_data(tiny_module):
     data = VLPDataModule(image_size=32, context_length=16).eval_data()
     task = load_task("emoji_google_test_category")
     assert task.label_field == "category" and len(task.classnames) == 9
-    result = run_task(tiny_module, task, data, batch_size=128)
+    result = task.run(tiny_module, data, batch_size=128)
     assert result["num_samples"] == 385
     assert 0.0 <= result["metrics"]["top1"] <= 1.0
-    retrieval = run_task(tiny_module, load_task("emoji_twitter_test_retrieval"), data, batch_size=128)
+    retrieval = load_task("emoji_twitter_test_retrieval").run(tiny_module, data, batch_size=128)
     assert set(retrieval["metrics"]) >= {"image_to_text_R@1", "text_to_image_R@5"}
 
 
 def test_task_file_with_unknown_key_is_refused(tmp_path):
-    (tmp_path / "t.yaml").write_text("kind: retrieval\nshards: x.tar\nlabel_feild: category\n")
-    with pytest.raises(VLPError, match="unknown keys \\['label_feild'\\]"):
+    (tmp_path / "t.yaml").write_text("class_path: vlp.eval.Retrieval\ninit_args:\n  shards: x.tar\n"
+                                     "  label_feild: category\n")
+    with pytest.raises(VLPError, match=r"^task file \S*t\.yaml: vlp\.eval\.Retrieval: unknown key 'label_feild' "
+                                       r"\(it takes shards, captions, name, description\)$"):
         load_task(str(tmp_path / "t.yaml"))
 
 
@@ -129,12 +132,26 @@ def test_every_builtin_task_loads():
 
 
 def test_task_fields_are_checked(tmp_path):
-    (tmp_path / "a.yaml").write_text("kind: linear_probe\nshards: x.tar\nlabel_field: y\n")
-    with pytest.raises(VLPError, match="needs train_shards"):
-        load_task(str(tmp_path / "a.yaml"))
-    (tmp_path / "b.yaml").write_text("kind: zeroshot\nshards: x.tar\n")
-    with pytest.raises(VLPError, match="needs label_field"):
-        load_task(str(tmp_path / "b.yaml"))
+    def refused(name: str, text: str, message: str):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(VLPError) as e:
+            load_task(str(tmp_path / name))
+        assert str(e.value) == f"task file {tmp_path / name}: {message}"
+
+    refused("a.yaml", "class_path: vlp.eval.LinearProbe\ninit_args: {shards: x.tar, label_field: y}\n",
+            "vlp.eval.LinearProbe: missing key(s) train_shards")
+    refused("b.yaml", "class_path: vlp.eval.ZeroShotClassification\ninit_args: {shards: x.tar}\n",
+            "vlp.eval.ZeroShotClassification: missing key(s) label_field")
+    refused("c.yaml", "class_path: vlp.eval.FewShot\ninit_args: {shards: x.tar, label_field: y, train_shards: z, "
+            "seeds: three}\n", "vlp.eval.FewShot: seeds: expected int, got three")
+    refused("d.yaml", "class_path: vlp.eval.Retrieval\ninit_args: {shards: x.tar, captions: 3}\n",
+            "vlp.eval.Retrieval: captions: expected one of [str, list[str]], got 3")
+    refused("e.yaml", "class_path: vlp.eval.LinearProbe\ninit_args: {shards: x.tar, label_field: y, train_shards: z, "
+            "val_fraction: 1.5}\n", "vlp.eval.LinearProbe: val_fraction must be in (0, 1), got 1.5")
+    refused("f.yaml", "kind: zeroshot\nshards: x.tar\n", "`kind:` is the old task format; write `class_path: "
+            "vlp.eval.ZeroShotClassification` and the other keys under `init_args:`")
+    refused("g.yaml", "class_path: vlp.eval.Retrieval\nshards: x.tar\n",
+            "expected class_path and init_args, got keys ['shards']")
     with pytest.raises(VLPError, match="unknown eval task 'emoji_google_test_retreival'; close: "):
         load_task("emoji_google_test_retreival")
 
@@ -160,16 +177,20 @@ def _shard(path, n, captions=True):
 
 def test_eval_stream_splits_samples_between_readers_without_overlap(tmp_path):
     shards = [_shard(tmp_path / "a.tar", 7), _shard(tmp_path / "b.tar", 6)]
-    seen = []
+    seen, sizes = [], []
     for rank in range(3):
         stream = EvalStream(shards, lambda im: torch.zeros(1), TextTokenizer(context_length=8), 2,
                             captions=["txt", "tags"], label_field="label", rank=rank, world=3)
-        for batch in stream:
+        batches = list(stream)
+        sizes.append([len(b["index"]) for b in batches])
+        for batch in batches:
             seen += batch["index"].tolist()
-            # every sample brings its caption and its two tags, owned by that sample
+            # every sample brings its caption and its two tags, owned by that sample (-1: padding)
             assert batch["text_owner"].tolist() == [i for i in batch["index"].tolist() for _ in range(3)]
             assert batch["text"].shape[0] == 3 * len(batch["index"])
-    assert sorted(seen) == list(range(13))
+    # 13 samples on 3 ranks: 5, 4 + 1 padding row, 4 + 1 padding row; the same batches everywhere
+    assert sizes == [[2, 2, 1]] * 3
+    assert sorted(seen) == [-1, -1, *range(13)]
 
 
 def test_eval_sees_transparent_images_as_training_does(tmp_path):
@@ -273,20 +294,20 @@ def _tiny(seed=0):
     image = TimmImageTower("vit_tiny_patch16_224", embed_dim=64, image_size=32,
                            model_kwargs=dict(patch_size=8, embed_dim=64, depth=2, num_heads=2))
     text = TextTransformer(context_length=16, width=64, layers=2, heads=2, embed_dim=64)
-    return VLPModule(image, text, [ContrastiveLoss()])
+    return VLPModule({"image": image, "text": text}, [ContrastiveLoss()])
 
 
 def _sharded_tasks(tmp_path):
-    from vlp.eval.tasks import Task
+    from vlp.eval import FewShot, LinearProbe, Retrieval, ZeroShotClassification
 
     test = "builtin:emoji/twitter/test-*.tar"
     train = "builtin:emoji/twitter/train-*.tar"
     return [
-        Task("r", "retrieval", test, captions=["txt", "labels.de"]),
-        Task("z", "zeroshot", test, label_field="subcategory", templates="emoji"),
-        Task("p", "linear_probe", test, label_field="category", train_shards=train, weight_decays=[1e-4, 1e-2]),
-        Task("f", "few_shot", test, label_field="category", train_shards=train, templates="emoji", shots=[2],
-             seeds=2, steps=10),
+        Retrieval(test, captions=["txt", "labels.de"], name="r"),
+        ZeroShotClassification(test, label_field="subcategory", templates="emoji", name="z"),
+        LinearProbe(test, label_field="category", train_shards=train, weight_decays=[1e-4, 1e-2], name="p"),
+        FewShot(test, label_field="category", train_shards=train, templates="emoji", shots=[2], seeds=2, steps=10,
+                name="f"),
     ]
 
 
@@ -297,7 +318,7 @@ def _eval_rank(rank, world, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     module = _tiny()
     data = EvalData(TextTokenizer(context_length=16), 32)
-    results = [run_task(module, t, data, batch_size=64, rank=rank, world=world) for t in _sharded_tasks(out_dir)]
+    results = [t.run(module, data, rank, world, batch_size=64) for t in _sharded_tasks(out_dir)]
     feats = extract_features(module, "builtin:emoji/twitter/test-*.tar", data, captions=["txt"], batch_size=64,
                              rank=rank, world=world)
     torch.save({"results": results, "image": feats.image, "text": feats.text}, os.path.join(out_dir, f"r{rank}.pt"))
@@ -314,7 +335,7 @@ def test_sharded_eval_equals_single_process(tmp_path):
     mp.spawn(_eval_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     module = _tiny()
     data = EvalData(TextTokenizer(context_length=16), 32)
-    single = [run_task(module, t, data, batch_size=128) for t in _sharded_tasks(tmp_path)]
+    single = [t.run(module, data, batch_size=128) for t in _sharded_tasks(tmp_path)]
     feats = extract_features(module, "builtin:emoji/twitter/test-*.tar", data, captions=["txt"], batch_size=128)
     for rank in range(2):
         got = torch.load(tmp_path / f"r{rank}.pt", weights_only=False)
@@ -325,14 +346,92 @@ def test_sharded_eval_equals_single_process(tmp_path):
             assert mine["metrics"] == pytest.approx(ref["metrics"], abs=1e-6), mine["task"]
 
 
+def _uneven_tasks(root):
+    """Tasks on a 9-sample eval set and a 7-sample training set (written by the test): on 2 ranks
+    with batches of 2, rank 0 holds 5 test samples (3 batches), rank 1 4 (2 batches before padding)."""
+    from vlp.eval import FewShot, LinearProbe, Retrieval, ZeroShotClassification
+
+    test, train = str(root / "test.tar"), str(root / "train.tar")
+    templates = ["a {}", "{} here"]
+    return [
+        Retrieval(test, captions=["txt", "tags"], name="r"),
+        ZeroShotClassification(test, label_field="label", templates=templates, name="z"),  # 3 classes
+        LinearProbe(test, label_field="label", train_shards=train, weight_decays=[1e-3], name="p"),
+        FewShot(test, label_field="label", train_shards=train, templates=templates, shots=[1], seeds=1, steps=3,
+                name="f"),
+    ]
+
+
+def _counting(module) -> dict:
+    """Count the module's forward passes (calls of encode_image / encode_text)."""
+    calls = {"image": 0, "text": 0}
+    for what in calls:
+        encode = getattr(module, f"encode_{what}")
+
+        def counted(x, encode=encode, what=what):
+            calls[what] += 1
+            return encode(x)
+
+        setattr(module, f"encode_{what}", counted)
+    return calls
+
+
+def _uneven_rank(rank, world, init_file, out_dir):
+    import pathlib
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    module = _tiny()
+    calls = _counting(module)
+    data = EvalData(TextTokenizer(context_length=16), 32)
+    results, counts = [], []
+    for task in _uneven_tasks(pathlib.Path(out_dir)):
+        results.append(task.run(module, data, rank, world, batch_size=2))
+        counts.append(dict(calls))
+        calls.update(image=0, text=0)
+    torch.save({"results": results, "calls": counts}, os.path.join(out_dir, f"uneven{rank}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def test_ranks_with_unequal_shares_run_equal_forward_passes(tmp_path):
+    """Sharded parameters need every rank in every forward: ranks whose shares differ (9 and 7
+    samples, 3 classes, on 2 ranks with batches of 2) pad to the same number of forward passes
+    and still give the one-process metrics."""
+    _shard(tmp_path / "test.tar", 9), _shard(tmp_path / "train.tar", 7)
+    tasks = _uneven_tasks(tmp_path)
+    streams = [EvalStream([tasks[0].shards], lambda im: torch.zeros(1), TextTokenizer(context_length=8), 2, rank=r,
+                          world=2) for r in range(2)]
+    assert [sum(int((b["index"] >= 0).sum()) for b in stream) for stream in streams] == [5, 4]  # before padding
+    mp.spawn(_uneven_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    module = _tiny()
+    single = [t.run(module, EvalData(TextTokenizer(context_length=16), 32), batch_size=4) for t in tasks]
+    ranks = [torch.load(tmp_path / f"uneven{r}.pt", weights_only=False) for r in range(2)]
+    assert ranks[0]["calls"] == ranks[1]["calls"]
+    # per rank: 3 test batches, 2 train batches, ceil(3 classes / 2) class embeddings
+    assert ranks[0]["calls"] == [{"image": 3, "text": 3}, {"image": 3, "text": 2}, {"image": 5, "text": 0},
+                                 {"image": 5, "text": 2}]
+    for got in ranks:
+        for mine, ref in zip(got["results"], single):
+            assert mine["num_samples"] == ref["num_samples"] == 9
+            counts = {k: v for k, v in ref["details"].items() if k.startswith("num_")}
+            assert counts and {k: mine["details"][k] for k in counts} == counts
+            assert mine["metrics"] == pytest.approx(ref["metrics"], abs=1e-6), mine["task"]
+
+
 def test_user_task_file_on_own_shards(tiny_module, tmp_path):
     shard = _shard(tmp_path / "data" / "val-000.tar", 12)
     (tmp_path / "prompts.txt").write_text("a picture of {}\n{c}\n")
-    (tmp_path / "mine.yaml").write_text(f"kind: zeroshot\nshards: {shard}\nlabel_field: label\n"
-                                        "templates: prompts.txt\n")
+    (tmp_path / "mine.yaml").write_text(f"class_path: vlp.eval.ZeroShotClassification\ninit_args:\n  shards: {shard}\n"
+                                        "  label_field: label\n  templates: prompts.txt\n")
     task = load_task(str(tmp_path / "mine.yaml"))
     assert task.name == "mine" and task.templates == ["a picture of {}", "{c}"]
-    result = run_task(tiny_module, task, EvalData(TextTokenizer(context_length=16), 32), batch_size=5)
+    result = task.run(tiny_module, EvalData(TextTokenizer(context_length=16), 32), batch_size=5)
     assert result["num_samples"] == 12 and result["details"]["num_classes"] == 3  # c0, c1, c2 found
     assert set(result["metrics"]) == {"top1", "mean_per_class_recall"}  # no top5 with 3 classes
 

@@ -9,7 +9,7 @@ import torch
 from tests.conftest import TINY
 
 from vlp.cli import main, run_cli
-from vlp.eval.tasks import load_task, run_task
+from vlp.eval.tasks import load_task
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_eval_writes_one_json_per_task_equal_to_the_in_memory_model(trained, tmp
         assert record["checkpoint"] == str(ckpt.resolve()) and record["num_samples"] == 385
         assert {"time", "seconds", "dataset", "kind", "label"} <= record.keys()
         # the checkpoint round trip (towers, tokenizer, 32-px eval size) gives the same numbers
-        ref = run_task(cli.model, load_task(record["task"]), data, batch_size=128)
+        ref = load_task(record["task"]).run(cli.model, data, batch_size=128)
         assert record["metrics"] == pytest.approx(ref["metrics"], abs=1e-6)
 
 

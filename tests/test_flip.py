@@ -35,14 +35,14 @@ def test_mask_keeps_floor_share_per_sample_and_never_the_class_token():
 def test_tower_masks_in_training_only():
     tower = _tower(0.5).train()
     image = torch.randn(4, 3, 32, 32)
-    assert tower(image)["tokens"].shape[1] == 1 + 8  # 16 patches, 8 kept
+    assert tower(image).tokens.shape[1] == 1 + 8  # 16 patches, 8 kept
     tower.eval()
-    assert tower(image)["tokens"].shape[1] == 1 + 16
+    assert tower(image).tokens.shape[1] == 1 + 16
     with torch.no_grad():  # eval output does not depend on the mask setting
-        unmasked = _tower(0.0).eval()(image)["pooled"]
-        assert torch.allclose(tower(image)["pooled"], unmasked, atol=1e-6)
+        unmasked = _tower(0.0).eval()(image).pooled
+        assert torch.allclose(tower(image).pooled, unmasked, atol=1e-6)
     tower.mask_ratio = 0.0
-    assert tower.train()(image)["tokens"].shape[1] == 17
+    assert tower.train()(image).tokens.shape[1] == 17
 
 
 @pytest.mark.parametrize("model", ["resnet18", "mixer_s16_224", "convnext_atto"])
@@ -60,14 +60,14 @@ def test_unmasked_tuning_switches_masking_off_and_scales_the_lr(tiny_module):
     from tests.test_module import _batch
     from vlp.callbacks import UnmaskedTuning
 
-    tiny_module.image_tower = _tower(0.5)
+    tiny_module.towers["image"] = _tower(0.5)
     tiny_module.optim.schedule = "constant"
     seen = []
 
     original = tiny_module.training_step
 
     def step(batch, batch_idx):
-        seen.append((tiny_module.image_tower.mask_ratio, tiny_module.trainer.optimizers[0].param_groups[0]["lr"]))
+        seen.append((tiny_module.towers.image.mask_ratio, tiny_module.trainer.optimizers[0].param_groups[0]["lr"]))
         return original(batch, batch_idx)
 
     tiny_module.training_step = step

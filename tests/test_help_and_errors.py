@@ -35,7 +35,7 @@ def test_fit_help_with_a_recipe_lists_its_vars_and_every_option(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("recipe clip_tiny:") and "--vars.ckpt_every_n_steps (default 100)" in out.splitlines()[0]
-    assert "--trainer.max_steps" in out and "--data.batch_size" in out and "--model.text_tower" in out
+    assert "--trainer.max_steps" in out and "--data.batch_size" in out and "--model.towers" in out
     assert "{fit,validate" not in out
 
 

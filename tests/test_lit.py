@@ -25,18 +25,18 @@ def clip_ckpt(tmp_path_factory) -> Path:
 
 def test_lit_tiny_keeps_the_locked_tower_bit_identical(clip_ckpt, tmp_path):
     source = torch.load(clip_ckpt, weights_only=True)["state_dict"]
-    cli = run_cli(["fit", "--recipe", "lit_tiny", *TINY, "--model.image_tower.init_args.init_from", str(clip_ckpt),
+    cli = run_cli(["fit", "--recipe", "lit_tiny", *TINY, "--model.towers.image.init_args.init_from", str(clip_ckpt),
                    "--trainer.max_steps", "3", "--trainer.logger", "false", "--trainer.callbacks", "[]",
                    "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)])
     model = cli.model
     assert cli.trainer.global_step == 3
-    trunk = {f"image_tower.{k}": v for k, v in model.image_tower.state_dict().items() if k.startswith("trunk.")}
+    trunk = {f"towers.image.{k}": v for k, v in model.towers.image.state_dict().items() if k.startswith("trunk.")}
     assert trunk and all(torch.equal(v, source[k]) for k, v in trunk.items())  # loaded and never moved
     optimised = {id(p) for group in cli.trainer.optimizers[0].param_groups for p in group["params"]}
-    assert not any(id(p) in optimised for p in model.image_tower.trunk.parameters())
-    assert all(id(p) in optimised for p in model.image_tower.proj.parameters())  # the new head learns
-    assert not torch.equal(model.image_tower.proj.weight, source["image_tower.proj.weight"])
-    text = "text_tower.token_embedding.weight"
+    assert not any(id(p) in optimised for p in model.towers.image.trunk.parameters())
+    assert all(id(p) in optimised for p in model.towers.image.proj.parameters())  # the new head learns
+    assert not torch.equal(model.towers.image.proj.weight, source["towers.image.proj.weight"])
+    text = "towers.text.token_embedding.weight"
     assert not torch.equal(model.state_dict()[text], source[text])
 
 
@@ -44,7 +44,7 @@ def test_head_keep_loads_and_locks_the_projection(clip_ckpt):
     tower = TimmImageTower("vit_tiny_patch16_224", embed_dim=64, image_size=32, init_from=str(clip_ckpt), lock=True,
                            head="keep", model_kwargs=dict(patch_size=8, embed_dim=64, depth=2, num_heads=2))
     source = torch.load(clip_ckpt, weights_only=True)["state_dict"]
-    assert torch.equal(tower.proj.weight, source["image_tower.proj.weight"])
+    assert torch.equal(tower.proj.weight, source["towers.image.proj.weight"])
     assert not any(p.requires_grad for p in tower.parameters())
 
 
@@ -78,7 +78,7 @@ def test_lock_without_weights_and_bad_checkpoints_are_clear_errors(tmp_path):
     with pytest.raises(VLPError, match="init_from: checkpoint .* not found"):
         TimmImageTower("vit_tiny_patch16_224", init_from=str(tmp_path / "none.ckpt"), **kw)
     torch.save({"state_dict": {"text_tower.x": torch.zeros(1)}}, tmp_path / "text_only.ckpt")
-    with pytest.raises(VLPError, match="holds no image_tower weights"):
+    with pytest.raises(VLPError, match="holds no image tower weights"):
         TimmImageTower("vit_tiny_patch16_224", init_from=str(tmp_path / "text_only.ckpt"), **kw)
 
 
@@ -87,7 +87,7 @@ def test_eval_of_a_lit_checkpoint_needs_no_source_file(clip_ckpt, tmp_path, caps
 
     source = tmp_path / "source.ckpt"
     shutil.copy(clip_ckpt, source)
-    cli = run_cli(["fit", "--recipe", "lit_tiny", *TINY, "--model.image_tower.init_args.init_from", str(source),
+    cli = run_cli(["fit", "--recipe", "lit_tiny", *TINY, "--model.towers.image.init_args.init_from", str(source),
                    "--trainer.max_steps", "1", "--trainer.logger", "false", "--trainer.callbacks", "[]",
                    "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)])
     cli.trainer.save_checkpoint(tmp_path / "lit.ckpt")

@@ -16,7 +16,7 @@ class MeanSquaredGap(Objective):
     default_name = "gap"
 
     def forward(self, outputs, batch):
-        gap = (outputs["image_embed"] - outputs["text_embed"]).pow(2).sum(-1).mean()
+        gap = (outputs["image"].pooled - outputs["text"].pooled).pow(2).sum(-1).mean()
         return gap, {}
 
 
@@ -45,23 +45,43 @@ def test_total_is_weighted_sum_and_each_objective_is_logged(tiny_module):
     assert "train/contrastive_logit_scale" in logs.values
 
 
-def test_missing_batch_field_names_the_objective(tiny_module):
-    class NeedsViews(MeanSquaredGap):
-        needs = frozenset({"image", "text", "views"})
+def test_an_objective_reading_an_unknown_name_is_refused(tiny_module):
+    class ReadsViews(MeanSquaredGap):
+        reads = frozenset({"views.features"})
         default_name = "views"
 
-    tiny_module.objectives.append(NeedsViews())
-    _Logs(tiny_module)
-    with pytest.raises(VLPError, match=r"objective views needs batch fields \['views'\]"):
-        tiny_module.training_step(_batch(), 0)
+    with pytest.raises(VLPError, match=r"objective views reads views.features, but there is no tower or shared "
+                                       r"name 'views' \(the names: \['image', 'text'\]; share a tower"):
+        VLPModule(dict(tiny_module.towers), [ReadsViews()])
+
+
+def test_a_missing_batch_field_is_named(tiny_module):
+    module = VLPModule(dict(tiny_module.towers), [ContrastiveLoss()], share={"views": "image"})
+    module.objectives.append(MeanSquaredGap())
+    module.reads["views"] = {"features"}
+    _Logs(module)
+    with pytest.raises(VLPError, match=r"the batch has no field 'views', which the objectives read"):
+        module.training_step(_batch(), 0)
+
+
+def test_the_module_computes_only_what_the_objectives_read(tiny_module):
+    calls = []
+    for name, tower in tiny_module.towers.items():
+        tower.register_forward_hook(lambda m, args, kwargs, out, name=name: calls.append((name, kwargs.get("tokens", True), out.tokens is not None)), with_kwargs=True)
+    outputs = tiny_module(_batch())
+    assert sorted(calls) == [("image", False, False), ("text", False, False)]  # pooled-only passes
+    calls.clear()
+    outputs = tiny_module(_batch(), reads={"text": {"tokens"}})
+    assert calls == [("text", True, True)] and set(outputs) == {"text"}
+    assert outputs["text"].tokens.shape[:2] == outputs["text"].token_mask.shape
 
 
 def test_embed_dims_must_agree(tiny_module):
     from vlp.towers import TextTransformer
 
     text = TextTransformer(context_length=16, width=64, layers=1, heads=2, embed_dim=32)
-    with pytest.raises(VLPError, match="share embed_dim, got 64 and 32"):
-        VLPModule(tiny_module.image_tower, text, [ContrastiveLoss()])
+    with pytest.raises(VLPError, match="the towers must share embed_dim, got image 64 and text 32"):
+        VLPModule({"image": tiny_module.towers["image"], "text": text}, [ContrastiveLoss()])
 
 
 def test_loss_decreases_when_fitting_a_fixed_batch(tiny_module):
@@ -126,7 +146,7 @@ def test_a_non_finite_step_is_skipped_and_counted(tiny_module):
     tiny_module.objectives.append(Poison([3]))
     trainer, snaps = _fit_fixed_batch(tiny_module, 5)
     assert trainer.global_step == 5 and tiny_module.nonfinite_skipped == 1
-    name = "image_tower.trunk.patch_embed.proj.weight"
+    name = "towers.image.trunk.patch_embed.proj.weight"
     # snaps[k] = parameters before call k+1: call 3 (index 2) changed nothing, the others did
     assert torch.equal(snaps[2][name], snaps[3][name])
     assert not torch.equal(snaps[1][name], snaps[2][name]) and not torch.equal(snaps[3][name], snaps[4][name])

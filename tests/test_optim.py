@@ -7,18 +7,18 @@ from vlp.optim import OptimConfig, build_optimizer, lr_factor, param_groups
 
 def test_no_weight_decay_on_biases_norms_scalars_and_frozen(tiny_module):
     module = tiny_module
-    module.text_tower.token_embedding.weight.requires_grad_(False)
+    module.towers.text.token_embedding.weight.requires_grad_(False)
     decay, no_decay = param_groups(module, 0.2)
     decay_ids = {id(p) for p in decay["params"]}
     no_decay_ids = {id(p) for p in no_decay["params"]}
     named = dict(module.named_parameters())
     assert id(named["objectives.0.logit_scale"]) in no_decay_ids
-    assert id(named["text_tower.ln_final.weight"]) in no_decay_ids
-    assert id(named["text_tower.blocks.0.attn.qkv.bias"]) in no_decay_ids
-    assert id(named["image_tower.trunk.cls_token"]) in no_decay_ids  # timm's no_weight_decay()
-    assert id(named["image_tower.trunk.pos_embed"]) in no_decay_ids
-    assert id(named["text_tower.blocks.0.attn.qkv.weight"]) in decay_ids
-    assert id(named["text_tower.token_embedding.weight"]) not in decay_ids | no_decay_ids
+    assert id(named["towers.text.ln_final.weight"]) in no_decay_ids
+    assert id(named["towers.text.blocks.0.attn.qkv.bias"]) in no_decay_ids
+    assert id(named["towers.image.trunk.cls_token"]) in no_decay_ids  # timm's no_weight_decay()
+    assert id(named["towers.image.trunk.pos_embed"]) in no_decay_ids
+    assert id(named["towers.text.blocks.0.attn.qkv.weight"]) in decay_ids
+    assert id(named["towers.text.token_embedding.weight"]) not in decay_ids | no_decay_ids
     assert decay["weight_decay"] == 0.2 and no_decay["weight_decay"] == 0.0
 
 

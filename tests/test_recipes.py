@@ -64,10 +64,10 @@ def test_every_shipped_recipe_builds_through_the_real_cli(name):
 
     # the GPU recipes name strategies (ddp, deepspeed) that this CPU test replaces
     # LiT recipes lock weights that the user supplies; tests/test_lit.py runs them with weights
-    unlocked = ["--model.image_tower.init_args.lock", "false"] if name.startswith("lit_") else []
+    unlocked = ["--model.towers.image.init_args.lock", "false"] if name.startswith("lit_") else []
     cli = run_cli(["--recipe", name, *tiny_overrides(name), "--trainer.logger", "false", "--trainer.strategy", "auto",
                    "--trainer.precision", "32-true", "--trainer.devices", "1", *unlocked], run=False)
-    assert cli.model.text_tower.embed_dim == 64
+    assert cli.model.towers.text.embed_dim == 64
     assert cli.datamodule.batch_size == 8
 
 
@@ -85,8 +85,8 @@ def test_every_tiny_recipe_trains(name, tmp_path):
 def test_paper_recipes_carry_their_settings():
     flip_l = load_recipe("flip_vit_l")
     assert flip_l["trainer"]["strategy"] == "deepspeed_stage_2" and flip_l["trainer"]["precision"] == "bf16-mixed"
-    assert flip_l["model"]["image_tower"]["init_args"]["mask_ratio"] == 0.5
-    assert flip_l["model"]["image_tower"]["init_args"]["model_name"] == "vit_large_patch16_224"
+    assert flip_l["model"]["towers"]["image"]["init_args"]["mask_ratio"] == 0.5
+    assert flip_l["model"]["towers"]["image"]["init_args"]["model_name"] == "vit_large_patch16_224"
     assert flip_l["model"]["optim"]["betas"] == [0.9, 0.95]
     siglip = load_recipe("siglip_vit_b16")
     assert siglip["model"]["objectives"][0]["class_path"] == "vlp.objectives.SigmoidLoss"
@@ -140,3 +140,15 @@ def test_every_step_checkpoint_of_a_shipped_recipe_follows_its_vars(name):
         {"every_n_steps": 7, "keep": 5}]
     others = [c for c in changed if not c["class_path"].endswith("StepCheckpoint")]
     assert others == [c for c in callbacks if not c["class_path"].endswith("StepCheckpoint")]
+
+
+@pytest.mark.parametrize("name", recipe_names())
+def test_every_shipped_recipe_logs_under_default_root_dir(name):
+    """``--trainer.default_root_dir DIR`` moves the logger's folder (and so the checkpoints in it);
+    an explicit ``--trainer.logger.init_args.save_dir`` still wins."""
+    trainer = load_recipe(name)["trainer"]
+    assert trainer["default_root_dir"] == "runs" and trainer["logger"]["init_args"]["save_dir"] == "runs"
+    moved = load_recipe(name, {"trainer.default_root_dir": "/data/x"})["trainer"]
+    assert moved["logger"]["init_args"]["save_dir"] == "/data/x"
+    explicit = load_recipe(name, {"trainer.default_root_dir": "/data/x", "trainer.logger.init_args.save_dir": "/y"})
+    assert explicit["trainer"]["logger"]["init_args"]["save_dir"] == "/y"

@@ -195,7 +195,7 @@ def test_ckpt_path_last_takes_only_the_same_recipe(tmp_path):
     out = _run(_cmd(tmp_path, 0, "--trainer.max_steps", "6", "--trainer.max_epochs", "-1", "--ckpt_path", "last"))
     assert "clip_tiny/version_0/checkpoints/" in out.stdout and "(step 4)" in out.stdout
     # the same recipe at other sizes: one line naming the checkpoint and the first difference
-    out = _run(_cmd(tmp_path, 0, *steps, "--model.text_tower.width", "32", "--model.text_tower.embed_dim", "64",
+    out = _run(_cmd(tmp_path, 0, *steps, "--model.towers.text.width", "32", "--model.towers.text.embed_dim", "64",
                     "--ckpt_path", "last"), expect=2)
     line = out.stderr.strip().splitlines()[-1]
     assert line.startswith("vlp: error: --ckpt_path last: the newest checkpoint of recipe clip_tiny"), line

@@ -102,8 +102,9 @@ def test_views_are_made_only_when_asked_and_reach_the_objective(tiny_module):
     from vlp.module import VLPModule
     from vlp.objectives import ContrastiveLoss
 
-    module = VLPModule(tiny_module.image_tower, tiny_module.text_tower,
-                       [ContrastiveLoss(), SimCLRLoss(weight=0.5, mlp_dim=32, out_dim=16)])
+    module = VLPModule(dict(tiny_module.towers), [ContrastiveLoss(), SimCLRLoss(weight=0.5, mlp_dim=32, out_dim=16)],
+                       share={"views": "image"})
+    assert module.reads == {"image": {"pooled"}, "text": {"pooled"}, "views": {"features"}}
     logs = {}
     module.log = lambda name, value, **kw: logs.__setitem__(name, float(value))
     batch.pop("_state")
@@ -111,17 +112,17 @@ def test_views_are_made_only_when_asked_and_reach_the_objective(tiny_module):
     assert math.isclose(total.item(), logs["train/contrastive_loss"] + 0.5 * logs["train/simclr_loss"], rel_tol=1e-5)
     total.backward()
     assert module.objectives[1].mlp[0].weight.grad is not None
-    assert module.image_tower.trunk.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert module.towers.image.trunk.patch_embed.proj.weight.grad.abs().sum() > 0
 
 
 def test_flip_and_slip_combine_in_one_recipe(tmp_path):
     from tests.conftest import TINY
     from vlp.cli import run_cli
 
-    cli = run_cli(["fit", "--recipe", "slip_tiny", *TINY, "--model.image_tower.mask_ratio", "0.5",
+    cli = run_cli(["fit", "--recipe", "slip_tiny", *TINY, "--model.towers.image.mask_ratio", "0.5",
                    "--trainer.max_steps", "2", "--trainer.logger", "false", "--trainer.callbacks", "[]",
                    "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
                    "--trainer.default_root_dir", str(tmp_path)])
-    assert cli.model.image_tower.mask_ratio == 0.5 and cli.trainer.global_step == 2
+    assert cli.model.towers.image.mask_ratio == 0.5 and cli.trainer.global_step == 2
     metrics = cli.trainer.callback_metrics
     assert torch.isfinite(metrics["train/contrastive_loss"]) and torch.isfinite(metrics["train/simclr_loss"])

@@ -19,8 +19,8 @@ def test_timm_image_tower_forward_backward(family):
     name, kwargs = TIMM_FAMILIES[family]
     tower = TimmImageTower(name, embed_dim=32, model_kwargs=kwargs)
     out = tower(torch.randn(2, 3, 32, 32))
-    assert out["pooled"].shape == (2, 32)
-    out["pooled"].sum().backward()
+    assert out.pooled.shape == (2, 32)
+    out.pooled.sum().backward()
     grads = [p.grad for p in tower.parameters() if p.requires_grad]
     assert all(g is not None for g in grads)
 
@@ -49,16 +49,16 @@ def test_text_transformer_pools_at_end_of_text_and_is_causal():
     a = torch.tensor([[1, 5, 6, 2, 0, 0, 0, 0]])
     b = a.clone()
     b[0, 1] = 7  # a token before the end changes the embedding
-    assert not torch.allclose(tower(a)["pooled"], tower(b)["pooled"])
+    assert not torch.allclose(tower(a).pooled, tower(b).pooled)
     # causal attention: later tokens cannot change earlier states
     c = a.clone()
     c[0, 5] = 9
-    assert torch.allclose(tower(a)["tokens"][:, :5], tower(c)["tokens"][:, :5], atol=1e-6)
+    assert torch.allclose(tower(a).tokens[:, :5], tower(c).tokens[:, :5], atol=1e-6)
     # the pooled vector is the projected final state at the end-of-text position
     out = tower(a)
-    assert torch.allclose(out["pooled"], tower.proj(out["tokens"][0, 3])[None], atol=1e-6)
+    assert torch.allclose(out.pooled, tower.proj(out.tokens[0, 3])[None], atol=1e-6)
     # shorter sequences than the context work
-    assert tower(a[:, :5])["pooled"].shape == (1, 16)
+    assert tower(a[:, :5]).pooled.shape == (1, 16)
 
 
 def test_text_transformer_bidirectional_ignores_padding():
@@ -66,7 +66,7 @@ def test_text_transformer_bidirectional_ignores_padding():
     tower = TextTransformer(vocab_size=50, context_length=8, width=32, layers=2, heads=2, embed_dim=16,
                             causal=False).eval()
     a = torch.tensor([[1, 5, 6, 2, 0, 0, 0, 0]])
-    assert torch.allclose(tower(a)["pooled"], tower(a[:, :4])["pooled"], atol=1e-5)
+    assert torch.allclose(tower(a).pooled, tower(a[:, :4]).pooled, atol=1e-5)
 
 
 def test_hf_text_tower_from_config_and_local_directory(tmp_path):
@@ -75,14 +75,14 @@ def test_hf_text_tower_from_config_and_local_directory(tmp_path):
     tower = HFTextTower(config=cfg, embed_dim=24, pooler="cls")
     text = torch.tensor([[2, 10, 11, 3, 0, 0]])
     out = tower(text)
-    assert out["pooled"].shape == (1, 24) and out["tokens"].shape == (1, 6, 32)
-    out["pooled"].sum().backward()
+    assert out.pooled.shape == (1, 24) and out.tokens.shape == (1, 6, 32)
+    out.pooled.sum().backward()
     assert all(p.grad is not None for p in tower.parameters())  # pooler removed: no unused weights
 
     tower.transformer.save_pretrained(tmp_path / "bert")
     again = HFTextTower(path=str(tmp_path / "bert"), embed_dim=24, pooler="cls")
     again.proj.load_state_dict(tower.proj.state_dict())
-    assert torch.allclose(again.eval()(text)["pooled"], tower.eval()(text)["pooled"], atol=1e-6)
+    assert torch.allclose(again.eval()(text).pooled, tower.eval()(text).pooled, atol=1e-6)
 
 
 def test_hf_text_tower_mean_pooling_ignores_padding():
@@ -91,7 +91,7 @@ def test_hf_text_tower_mean_pooling_ignores_padding():
     tower = HFTextTower(config=cfg, embed_dim=8, pooler="mean").eval()
     short = torch.tensor([[2, 10, 3]])
     padded = torch.tensor([[2, 10, 3, 0, 0]])
-    assert torch.allclose(tower(short)["pooled"], tower(padded)["pooled"], atol=1e-5)
+    assert torch.allclose(tower(short).pooled, tower(padded).pooled, atol=1e-5)
 
 
 def test_hf_text_tower_needs_a_source():

@@ -33,7 +33,7 @@ usage: vlp fit --recipe NAME|PATH [--KEY VALUE ...] [--vars.NAME VALUE ...]
 
   --recipe NAME|PATH   a shipped recipe (`vlp recipes` lists them) or your own YAML file
   --KEY VALUE          override any value of the recipe: --trainer.max_steps 50, --data.batch_size 16,
-                       --model.text_tower.width 32, --data.train_shards '/data/{00000..00099}.tar'
+                       --model.towers.text.width 32, --data.train_shards '/data/{00000..00099}.tar'
   --vars.NAME VALUE    set one of the recipe's vars, the way to reach one entry of a list
                        (e.g. --vars.ckpt_every_n_steps 10 for the StepCheckpoint callback)
   --print_config       print the merged config and exit without training
@@ -110,7 +110,6 @@ def _make_cli_class(argv: list[str], recipe: str | None = None):
             return super().init_parser(**kwargs)
 
         def before_fit(self) -> None:
-            check_tokenizer(self.model, self.datamodule)
             check_batch_fields(self.model, self.datamodule)
             self.model.recipe = recipe_id(recipe)
             install_atomic_checkpoints(self.trainer)
@@ -135,6 +134,9 @@ def _make_cli_class(argv: list[str], recipe: str | None = None):
                 if not any("Does not validate against any of the Union subtypes" in ln for ln in lines):
                     raise
                 raise VLPError(_union_reason(lines) or _one_line(str(e))) from None
+            # the parts that read token ids take the tokenizer's spec as soon as both are built,
+            # for a fit and for a build without one (run_cli(run=False): benchmarks, tests)
+            check_tokenizer(self.model, self.datamodule)
 
         def instantiate_trainer(self, **kwargs):
             listed = self._get(self.config_init, "trainer", default={}).get("callbacks")
@@ -249,30 +251,36 @@ def find_last_checkpoint(trainer, model) -> str | None:
 
 
 def check_batch_fields(model, datamodule) -> None:
-    """Every objective's ``needs`` must be among the fields the data pipeline makes, checked
-    before training rather than at the first batch."""
+    """The batch fields the model's objectives read (its towers' inputs and their own fields)
+    must be among those the data pipeline makes: checked before training, not at the first batch."""
     provides = getattr(datamodule, "batch_fields", None)
-    if provides is None:
+    needs = getattr(model, "batch_fields", None)
+    if provides is None or needs is None:
         return
     fields = provides()
-    for objective in getattr(model, "objectives", []):
-        missing = set(getattr(objective, "needs", ())) - fields
-        if missing:
-            raise VLPError(f"objective {objective.name} needs batch fields {sorted(missing)}, which this data "
-                           f"pipeline does not make (it makes {sorted(fields)})")
+    missing = needs() - fields
+    if missing:
+        readers = [o.name for o in model.objectives
+                   if missing & ({r.split(".")[0] for r in o.reads} | set(o.fields))]
+        raise VLPError(f"objective {', '.join(readers)} reads batch fields {sorted(missing)}, which this data "
+                       f"pipeline does not make (it makes {sorted(fields)})")
 
 
 def check_tokenizer(model, datamodule) -> None:
-    """The text tower must cover the tokenizer's ids and sequence length."""
-    tower, tok = model.text_tower, datamodule.tokenizer
-    vocab = getattr(tower, "vocab_size", None)
-    if vocab is not None and tok.vocab_size > vocab:
-        raise VLPError(f"the tokenizer has {tok.vocab_size} tokens but model.text_tower.vocab_size is {vocab}")
-    ctx = getattr(tower, "context_length", None)
-    if ctx is not None and tok.context_length > ctx:
-        raise VLPError(
-            f"data.context_length {tok.context_length} exceeds model.text_tower.context_length {ctx}"
-        )
+    """Hand the tokenizer's TextSpec to every part of the model that reads token ids (those with
+    ``bind_text_spec``, vlp.data.text_spec): each adopts its pad id, and one whose sizes or
+    explicit pad id do not fit the tokenizer is refused here, before training."""
+    from vlp.data.text_spec import bind_parts
+
+    tokenizer = getattr(datamodule, "tokenizer", None)
+    spec = getattr(tokenizer, "spec", None)
+    if spec is None:
+        takers = [name for name, part in model.named_modules() if hasattr(part, "bind_text_spec")]
+        if takers:
+            raise VLPError(f"model.{takers[0]} reads token ids but data.tokenizer ({type(tokenizer).__name__}) has no "
+                           "spec to give it (a tokenizer owns a vlp.data.text_spec.TextSpec as .spec)")
+        return
+    bind_parts(model, spec)
 
 
 def _take_recipe(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -475,6 +483,8 @@ def main(argv: list[str] | None = None) -> None:
     # Known and handled: the stream gives every worker its own shards and a fixed length.
     warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
+    # vlp.step.PlainStep returns None on purpose to skip a non-finite step (counted and logged)
+    warnings.filterwarnings("ignore", message="`training_step` returned `None`")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvert())
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         for handler in logging.getLogger(name).handlers:

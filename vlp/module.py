@@ -1,4 +1,4 @@
-"""VLPModule: two towers and a list of weighted objectives, one training step for all recipes."""
+"""VLPModule: named towers and a list of weighted objectives; the step object makes gradients."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from torch import nn
 from vlp.errors import VLPError
 from vlp.objectives.base import Objective
 from vlp.optim import OptimConfig, build_optimizer
+from vlp.step import PlainStep, TrainStep
+from vlp.towers.output import TowerOutput
 
 
 def rng_states() -> dict:
@@ -38,54 +40,73 @@ def set_rng_states(states: dict) -> None:
 
 
 class VLPModule(LightningModule):
-    """Towers -> shared outputs -> objectives -> weighted sum.
+    """Named towers -> the outputs the objectives declare -> objectives -> weighted sum.
 
     Args:
-        image_tower: maps ``batch["image"] [B,3,H,W]`` to ``{"pooled", "tokens"}``.
-        text_tower: maps ``batch["text"] [B,L]`` to ``{"pooled", "tokens"}``.
-        objectives: the losses; each logged as ``train/<name>_loss``; the total
-            ``train/loss`` is the sum of ``weight * loss``.
+        towers: the towers by name (``image``, ``text``, ...); a tower named ``t`` reads the
+            batch field ``t``. Each returns a TowerOutput (vlp.towers.output).
+        objectives: the losses; each declares the tower outputs it reads (``reads``, e.g.
+            ``image.pooled``, ``views.features``) and is logged as ``train/<name>_loss``; the
+            total ``train/loss`` is the sum of ``weight * loss``.
         optim: optimiser and schedule settings.
+        share: more names for a tower: ``{views: image}`` runs the ``image`` tower on the batch
+            field ``views`` (SLIP's augmented views); ``{text: image}`` makes one tower read
+            both fields (CLIPPO). A shared name holds no parameters of its own.
+        step: how a batch becomes gradients (vlp.step; default PlainStep).
 
-    Shared outputs given to objectives: ``image_embed``, ``text_embed``
-    (L2-normalised ``[B, E]``), ``image_tokens``, ``text_tokens``.
+    The module runs exactly the towers and outputs that the objectives read: a name no
+    objective reads is not run, and a tower runs its pooled-only pass (vlp.towers.pooled)
+    when no objective reads its ``tokens``. A field with more leading dimensions than the
+    tower takes (``views [2, B, 3, H, W]`` for a tower of ``input_ndim`` 4) is flattened into
+    the batch dimension and the outputs are split back.
     """
 
     def __init__(
         self,
-        image_tower: nn.Module,
-        text_tower: nn.Module,
+        towers: dict[str, nn.Module],
         objectives: list[Objective],
         optim: OptimConfig | None = None,
+        share: dict[str, str] | None = None,
+        step: TrainStep | None = None,
     ):
         super().__init__()
         # Under the CLI the hyperparameters are the recipe's class_path/init_args (so a
         # checkpoint can rebuild the model); built by hand, the parts are not hyperparameters.
         built_by_cli = _given_hyperparameters.get() is not None
-        self.save_hyperparameters(ignore=None if built_by_cli else ["image_tower", "text_tower", "objectives"])
+        self.save_hyperparameters(ignore=None if built_by_cli else ["towers", "objectives", "step"])
+        if not towers:
+            raise VLPError("model.towers is empty: a recipe needs at least one tower")
         if not objectives:
             raise VLPError("model.objectives is empty: a recipe needs at least one objective")
         names = [o.name for o in objectives]
         if len(set(names)) != len(names):
             raise VLPError(f"objective names must differ, got {names}")
-        dims = (getattr(image_tower, "embed_dim", None), getattr(text_tower, "embed_dim", None))
-        if None not in dims and dims[0] != dims[1]:
-            raise VLPError(f"image and text towers must share embed_dim, got {dims[0]} and {dims[1]}")
-        self.image_tower = image_tower
-        self.text_tower = text_tower
+        share = dict(share or {})
+        for alias, target in share.items():
+            if alias in towers:
+                raise VLPError(f"model.share.{alias}: {alias} is a tower of its own already")
+            if target not in towers:
+                raise VLPError(f"model.share.{alias}: no tower named {target} (the towers: {sorted(towers)})")
+        self.towers = nn.ModuleDict(towers)
+        self.share = share
+        streams = {name: self.towers[share.get(name, name)] for name in [*towers, *share]}
         for objective in objectives:
-            objective.attach(image_tower, text_tower)
+            objective.attach(streams)
         self.objectives = nn.ModuleList(objectives)
-        self._needs_views = any("views" in o.needs for o in objectives)
-        self._needs_tokens = any(o.needs_tokens for o in objectives)
-        self._pooled_kw = {name: _takes_tokens_flag(tower) for name, tower in
-                           (("image", image_tower), ("text", text_tower))}
+        self.reads = read_plan(objectives, streams)
+        self.step = step or PlainStep()
+        self.automatic_optimization = self.step.automatic
+        self._pooled_kw = {name: _takes_tokens_flag(tower) for name, tower in self.towers.items()}
         self.optim = optim or OptimConfig()
         self.recipe: str | None = None  # set by `vlp fit --recipe`, kept in checkpoints
         self.nonfinite_skipped = 0
         self._nonfinite_in_row = 0
-        self._last_loss: torch.Tensor | None = None
+        self._nonfinite_this_step = False
         self._step_rng: tuple[int, dict] | None = None  # (step, RNG states as that step began)
+
+    def batch_fields(self) -> set[str]:
+        """The batch fields the objectives need (the towers' inputs and their own fields)."""
+        return set(self.reads) | {f for o in self.objectives for f in o.fields}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # RNG states of every rank (Lightning keeps none), so that a resumed run draws the
@@ -101,6 +122,7 @@ class VLPModule(LightningModule):
         checkpoint["vlp"] = {"recipe": self.recipe, "rng": gathered, "nonfinite_skipped": self.nonfinite_skipped}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        upgrade_checkpoint(checkpoint)
         saved = checkpoint.get("vlp") or {}
         self.recipe = saved.get("recipe", self.recipe)
         self.nonfinite_skipped = saved.get("nonfinite_skipped", 0)
@@ -111,82 +133,76 @@ class VLPModule(LightningModule):
                 set_rng_states(rng[rank])
 
     def setup(self, stage: str) -> None:
-        # One sample of the data's shapes (a blank image, a tokenized caption): Lightning's model
-        # summary counts the FLOPs of its forward (towers, eval mode) as "Total FLOPs".
-        data = self.trainer.datamodule
-        size, tokenizer = getattr(data, "image_size", None), getattr(data, "tokenizer", None)
-        if self.example_input_array is None and size and callable(tokenizer):
-            sample = {"image": torch.zeros(1, 3, size, size), "text": tokenizer(["a sample caption"])}
-            self.example_input_array = (self.trainer.precision_plugin.convert_input(sample),)
+        # One sample of the data's shapes: Lightning's model summary counts the FLOPs of its
+        # forward (towers, eval mode) as "Total FLOPs".
+        example = getattr(self.trainer.datamodule, "example_batch", None)
+        if self.example_input_array is None and callable(example):
+            sample = {k: v for k, v in example().items() if k in self.reads}
+            if set(sample) == set(self.reads):
+                self.example_input_array = (self.trainer.precision_plugin.convert_input(sample),)
 
-    def _tower(self, name: str, x: torch.Tensor, tokens: bool) -> dict[str, torch.Tensor]:
-        tower = self.image_tower if name == "image" else self.text_tower
-        return tower(x) if tokens or not self._pooled_kw[name] else tower(x, tokens=False)
+    def run_tower(self, name: str, x: torch.Tensor, tokens: bool) -> TowerOutput:
+        """The tower of ``name`` (a tower or a shared name) on ``x``."""
+        tower_name = self.share.get(name, name)
+        tower = self.towers[tower_name]
+        lead = x.shape[: max(0, x.ndim - getattr(tower, "input_ndim", x.ndim))]
+        if lead:
+            x = x.flatten(0, len(lead))
+        out = tower(x) if tokens or not self._pooled_kw[tower_name] else tower(x, tokens=False)
+        return out.unflatten(tuple(lead) + (-1,)) if lead else out
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        """``[B,3,H,W]`` -> L2-normalised ``[B,E]``."""
-        return F.normalize(self._tower("image", image, False)["pooled"], dim=-1)
+        """``[B,3,H,W]`` -> L2-normalised ``[B,E]`` (the ``image`` tower's pooled output)."""
+        return F.normalize(self.run_tower("image", image, False).pooled, dim=-1)
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
-        """``[B,L]`` -> L2-normalised ``[B,E]``."""
-        return F.normalize(self._tower("text", text, False)["pooled"], dim=-1)
+        """``[B,L]`` -> L2-normalised ``[B,E]`` (the ``text`` tower's pooled output)."""
+        return F.normalize(self.run_tower("text", text, False).pooled, dim=-1)
 
-    def forward(self, batch: dict, tokens: bool | None = None) -> dict[str, torch.Tensor]:
-        """Tower outputs for the objectives. ``tokens`` (default: whether an objective needs
-        them) adds ``image_tokens`` / ``text_tokens``; without them the towers may run their
-        last block at the pooled token only."""
-        tokens = self._needs_tokens if tokens is None else tokens
-        img = self._tower("image", batch["image"], tokens)
-        txt = self._tower("text", batch["text"], tokens)
-        outputs = {
-            "image_embed": F.normalize(img["pooled"], dim=-1),
-            "text_embed": F.normalize(txt["pooled"], dim=-1),
-        }
-        if tokens:
-            outputs["image_tokens"] = img["tokens"]
-            outputs["text_tokens"] = txt["tokens"]
-        if self._needs_views and "views" in batch:  # SLIP: both views through the same tower at once
-            views = batch["views"]
-            feats = self._tower("image", views.flatten(0, 1), tokens)["features"]
-            outputs["view_features"] = feats.view(2, views.shape[1], -1)
+    def forward(self, batch: dict, reads: dict[str, set[str]] | None = None) -> dict[str, TowerOutput]:
+        """The outputs ``reads`` names (default: what the objectives read): ``{name: TowerOutput}``
+        for every name read; ``tokens`` only where read."""
+        reads = self.reads if reads is None else reads
+        outputs = {}
+        for name, parts in reads.items():
+            if name not in batch:
+                raise VLPError(f"the batch has no field {name!r}, which the objectives read (it has {sorted(batch)})")
+            outputs[name] = self.run_tower(name, batch[name], tokens=bool(parts & TOKEN_PARTS))
         return outputs
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        outputs = self(batch)
+    def objective_loss(self, outputs: dict[str, TowerOutput], batch: dict) -> torch.Tensor:
+        """The weighted sum of the objectives on ``outputs``, each logged."""
         total = 0.0
-        batch_size = batch["image"].shape[0]
+        batch_size = next(iter(outputs.values())).pooled.shape[0]
         for objective in self.objectives:
-            missing = objective.needs - batch.keys()
-            if missing:
-                raise VLPError(f"objective {objective.name} needs batch fields {sorted(missing)}")
             loss, metrics = objective(outputs, batch)
             total = total + objective.weight * loss
             self.log(f"train/{objective.name}_loss", loss, batch_size=batch_size)
             for key, value in metrics.items():
                 self.log(f"train/{objective.name}_{key}", value, batch_size=batch_size)
         self.log("train/loss", total, prog_bar=True, batch_size=batch_size)
-        self._last_loss = total.detach()
         return total
 
-    def on_before_optimizer_step(self, optimizer) -> None:
-        """Skip the step (drop every gradient) when the loss or a gradient is not finite."""
-        if self._trainer is not None and str(self.trainer.precision).startswith("16"):
-            return  # the gradient scaler skips non-finite steps itself
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        ok = torch.ones((), device=self.device)
-        if grads:
-            ok = ok * torch.stack(torch._foreach_norm(grads)).isfinite().all()
-        if self._last_loss is not None:
-            ok = ok * self._last_loss.isfinite().to(ok.device)
-        if self._trainer is not None and self.trainer.world_size > 1 and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)  # every rank decides alike
-        if bool(ok):
-            self._nonfinite_in_row = 0
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        return self.step(self, batch, batch_idx)
+
+    # ---- non-finite steps (skipped by the step object, counted here)
+
+    def scaler_skips_nonfinite(self) -> bool:
+        """16-mixed precision: the gradient scaler skips non-finite steps itself."""
+        return self._trainer is not None and str(self.trainer.precision).startswith("16")
+
+    def grads_on_parameters(self) -> bool:
+        """Whether the strategy keeps gradients on the parameters (not DeepSpeed, which holds
+        them in its own buffers)."""
+        return self._trainer is None or "deepspeed" not in type(self.trainer.strategy).__name__.lower()
+
+    def count_nonfinite(self) -> None:
+        if self._nonfinite_this_step:
             return
+        self._nonfinite_this_step = True
         self._nonfinite_in_row += 1
         self.nonfinite_skipped += 1
-        for p in self.parameters():
-            p.grad = None  # AdamW leaves parameters without gradients untouched
         limit = self.optim.max_nonfinite_in_row
         if self._nonfinite_in_row > limit:
             step = self.trainer.global_step if self._trainer is not None else "?"
@@ -196,12 +212,16 @@ class VLPModule(LightningModule):
                 "or check the data"
             )
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self.step.before_optimizer_step(self)
+
     def on_train_batch_start(self, batch, batch_idx) -> None:
         self._step_rng = (self.trainer.global_step, rng_states())
+        self._nonfinite_this_step = False
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        for objective in self.objectives:
-            objective.after_optimizer_step()
+        if not self._nonfinite_this_step:
+            self._nonfinite_in_row = 0
         metrics = {"train/nonfinite_skipped": float(self.nonfinite_skipped)} if self.nonfinite_skipped else {}
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if hasattr(datamodule, "data_metrics"):
@@ -215,6 +235,39 @@ class VLPModule(LightningModule):
             raise VLPError("the schedule needs a finite length: set trainer.max_steps or trainer.max_epochs")
         opt, sched = build_optimizer(self, self.optim, int(total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+TOKEN_PARTS = frozenset({"tokens", "token_mask"})
+PARTS = frozenset({"pooled", "features", "tokens", "token_mask", "prefix_tokens"})
+
+
+def read_plan(objectives: list[Objective], streams: dict[str, nn.Module]) -> dict[str, set[str]]:
+    """``{name: {output parts}}`` that the objectives read, checked against the names."""
+    plan: dict[str, set[str]] = {}
+    for objective in objectives:
+        for item in objective.reads:
+            name, _, part = item.partition(".")
+            if name not in streams:
+                raise VLPError(f"objective {objective.name} reads {item}, but there is no tower or shared name "
+                               f"{name!r} (the names: {sorted(streams)}; share a tower with model.share)")
+            if part not in PARTS:
+                raise VLPError(f"objective {objective.name} reads {item}: a tower output is one of {sorted(PARTS)}")
+            plan.setdefault(name, set()).add(part)
+    return plan
+
+
+def upgrade_checkpoint(checkpoint: dict) -> dict:
+    """A checkpoint of the two-slot module (``image_tower`` / ``text_tower``) in the named-towers
+    form (``towers.image`` / ``towers.text``), in place; other checkpoints are left as they are."""
+    state = checkpoint.get("state_dict") or {}
+    prefixes = {"image_tower.": "towers.image.", "text_tower.": "towers.text."}
+    if any(k.startswith(tuple(prefixes)) for k in state):
+        checkpoint["state_dict"] = {next((new + k[len(old):] for old, new in prefixes.items() if k.startswith(old)),
+                                         k): v for k, v in state.items()}
+    hparams = checkpoint.get("hyper_parameters")
+    if isinstance(hparams, dict) and "image_tower" in hparams and "towers" not in hparams:
+        hparams["towers"] = {"image": hparams.pop("image_tower"), "text": hparams.pop("text_tower")}
+    return checkpoint
 
 
 def schedule_steps(trainer) -> float:

@@ -18,7 +18,7 @@ A recipe is a LightningCLI config (``seed_everything``, ``trainer``, ``model``,
 
 Extending merges dictionaries key by key (``vars`` too); a list replaces the list; a
 node whose ``class_path`` changes replaces the node (its old ``init_args`` would not
-fit). omegaconf interpolation (``${model.image_tower.init_args.embed_dim}``,
+fit). omegaconf interpolation (``${model.towers.image.init_args.embed_dim}``,
 ``${vars.NAME}``) is resolved after merging and after the command-line values, so it
 sees the whole recipe.
 """

@@ -14,12 +14,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import DataLoader
 
+from vlp.data.decode import CONVERT_REASONS
+from vlp.data.eval_set import EvalData
 from vlp.data.shards import count_samples, expand_shards
-from vlp.data.stream import CONVERT_REASONS, SKIP_REASONS, SampleDecoder, ShardStream
+from vlp.data.stream import SKIP_REASONS, SampleDecoder, ShardStream
 from vlp.data.tokenizer import HFTokenizer, TextTokenizer
 from vlp.data.transforms import image_transform, randaugment_transform, ssl_view_transform
 from vlp.errors import VLPError
-from vlp.eval.features import EvalData
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
@@ -202,12 +203,21 @@ class VLPDataModule(LightningDataModule):
         """Batches per rank in one epoch (the schedule's epoch length), without iterating."""
         return len(self.train_dataloader())
 
+    def example_batch(self) -> dict:
+        """One sample in a training batch's shapes (a blank image, a tokenised caption), e.g.
+        for counting the model's FLOPs."""
+        size = self.image_size
+        batch = {"image": torch.zeros(1, 3, size, size), "text": self.tokenizer(["a sample caption"])}
+        if self.ssl_views:
+            batch["views"] = torch.zeros(2, 1, 3, size, size)
+        return batch
+
     def batch_fields(self) -> frozenset[str]:
         """The fields of a training batch (objectives' ``needs`` are checked against them)."""
         return frozenset({"image", "text", "caption"} | ({"views"} if self.ssl_views else set()))
 
     def eval_data(self, num_workers: int | None = None) -> EvalData:
-        """The tokenizer and eval image size for ``vlp.eval`` (see vlp.eval.features)."""
+        """The tokenizer and eval image size for ``vlp.eval`` (see vlp.data.eval_set)."""
         return EvalData(self.tokenizer, self.image_size, self.num_workers if num_workers is None else num_workers)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):

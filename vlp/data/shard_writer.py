@@ -15,23 +15,14 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from vlp.data.tar_reader import tar_samples
+
 
 def read_samples(paths: Iterable[str | Path]) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Yield (key, {extension: bytes}) for each sample of the tars, in order."""
+    """Yield (key, {field: bytes}) for each sample of the tars, in order (vlp.data.tar_reader)."""
     for path in paths:
-        with tarfile.open(path) as tar:
-            key, fields = None, {}
-            for member in tar:
-                if not member.isfile():
-                    continue
-                k, _, ext = member.name.partition(".")
-                if k != key and fields:
-                    yield key, fields
-                    fields = {}
-                key = k
-                fields[ext] = tar.extractfile(member).read()
-            if fields:
-                yield key, fields
+        for sample in tar_samples(str(path)):
+            yield sample["__key__"], {k: v for k, v in sample.items() if not k.startswith("__")}
 
 
 def write_shard(path: str | Path, samples: Iterable[tuple[str, dict[str, bytes]]]) -> int:

@@ -8,6 +8,7 @@ import tarfile
 from importlib import resources
 from pathlib import Path
 
+from vlp.data.tar_reader import split_key
 from vlp.errors import VLPError
 
 BUILTIN_PREFIX = "builtin:"
@@ -82,12 +83,14 @@ def count_samples(shard: str) -> int:
     stats = Path(shard).with_name(Path(shard).stem + "_stats.json")
     if stats.is_file():
         return int(json.loads(stats.read_text())["successes"])
-    keys = set()
+    # a sample is a run of members with one key, as the tar reader groups them (headers only here)
+    count, last = 0, None
     try:
         with tarfile.open(shard) as tar:
             for member in tar:
-                if member.isfile():
-                    keys.add(member.name.partition(".")[0])
+                split = split_key(member.name) if member.isfile() else None
+                if split is not None and split[0] != last:
+                    count, last = count + 1, split[0]
     except (OSError, tarfile.TarError) as e:
         raise VLPError(f"cannot read shard {shard}: {e}") from None
-    return len(keys)
+    return count

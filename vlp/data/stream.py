@@ -19,9 +19,7 @@ converted and counted; an unreadable shard is skipped, counted and named.
 
 from __future__ import annotations
 
-import io
 import random
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 
@@ -30,14 +28,12 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
+from vlp.data.decode import BadSample, decode_image, image_member
 from vlp.data.tar_reader import ShardError, tar_samples
 from vlp.errors import VLPError
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
-
 SKIP_REASONS = ("no_image", "corrupt_image", "too_many_pixels", "missing_caption", "empty_caption",
                 "caption_not_utf8")
-CONVERT_REASONS = ("alpha_on_white", "mode_to_rgb")
 
 
 def worker_info() -> tuple[int, int, int, int]:
@@ -48,30 +44,6 @@ def worker_info() -> tuple[int, int, int, int]:
 def stable_seed(*parts) -> int:
     """A seed from ``parts`` that is the same in every process (unlike ``hash``)."""
     return random.Random("-".join(map(str, parts))).getrandbits(63)
-
-
-class BadSample(Exception):
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-def to_rgb(im: Image.Image, counts: Counter | None = None) -> Image.Image:
-    """RGB as training sees it: transparent images (RGBA, LA, PA, palette with transparency)
-    composited on white (counted ``alpha_on_white``), other modes converted (``mode_to_rgb``).
-    Training and evaluation both use it, so an image looks the same to both."""
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        out = Image.new("RGB", rgba.size, (255, 255, 255))
-        out.paste(rgba, mask=rgba.getchannel("A"))
-        reason = "alpha_on_white"
-    elif im.mode != "RGB":
-        out, reason = im.convert("RGB"), "mode_to_rgb"
-    else:
-        return im
-    if counts is not None:
-        counts[reason] += 1
-    return out
 
 
 class SampleDecoder:
@@ -107,26 +79,10 @@ class SampleDecoder:
         return text
 
     def image(self, data: bytes, counts: Counter) -> Image.Image:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                im = Image.open(io.BytesIO(data))
-                w, h = im.size
-                if w * h > self.max_pixels:
-                    raise BadSample("too_many_pixels")
-                im.load()
-        except Image.DecompressionBombError:
-            raise BadSample("too_many_pixels") from None
-        except BadSample:
-            raise
-        except Exception:  # noqa: BLE001 - any decoder failure means a corrupt image
-            raise BadSample("corrupt_image") from None
-        return to_rgb(im, counts)
+        return decode_image(data, self.max_pixels, counts)
 
     def __call__(self, sample: dict, counts: Counter) -> tuple:
-        ext = next((e for e in IMAGE_EXTS if e in sample), None)
-        if ext is None:
-            raise BadSample("no_image")
+        ext = image_member(sample)
         caption = self.caption(sample)
         image = self.image(sample[ext], counts)
         if self.view_transform is None:

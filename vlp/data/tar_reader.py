@@ -1,4 +1,9 @@
-"""Reading webdataset shards with truncation checks.
+"""Reading webdataset shards with truncation checks: the one tar reader of vlp.
+
+Training, evaluation, the shard writer and sample counting all take a sample's key the
+same way (``split_key``, webdataset's rule): the member name up to the first dot of its
+basename is the key, the rest (lower-cased) the field, so ``a.b/0001.seg.png`` is sample
+``a.b/0001``, field ``seg.png``.
 
 Python's tarfile (and so webdataset's reader) ends a file that was cut at a header boundary
 without complaint, and can hand back a short member. ``tar_samples`` reads a shard member
@@ -17,6 +22,13 @@ from collections.abc import Iterator
 import webdataset as wds
 
 _KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)[.]([^/]*)$")  # webdataset's key / extension split
+
+
+def split_key(name: str) -> tuple[str, str] | None:
+    """``(key, field)`` of a tar member name (see the module docstring); None for a name
+    without a field (no dot in its basename), which is not part of any sample."""
+    match = _KEY_EXT.match(name)
+    return None if match is None else (match.group(1), match.group(2).lower())
 
 
 class ShardError(Exception):
@@ -51,10 +63,10 @@ def tar_samples(url: str) -> Iterator[dict]:
                 break
             if not member.isfile():
                 continue
-            match = _KEY_EXT.match(member.name)
-            if match is None:
+            split = split_key(member.name)
+            if split is None:
                 continue
-            key, ext = match.group(1), match.group(2).lower()
+            key, ext = split
             if current and current["__key__"] != key:  # the previous sample is complete
                 yield current
                 current = {}

@@ -1,7 +1,8 @@
 """Offline tokenizers: a byte-level BPE (tokenizers library) and a transformers one.
 
-Both turn a list of strings into a LongTensor ``[B, context_length]`` padded with
-``pad_id``; the text towers pool at the last non-pad token (the end-of-text token).
+Both turn a list of strings into a LongTensor ``[B, context_length]`` padded with the pad
+id, turn such ids back into strings (``decode``), and own the ``spec`` (vlp.data.text_spec:
+vocabulary size, pad / bos / eos ids, context length) that the text towers adopt.
 
 The built-in vocabulary ``assets/emoji_bpe.json`` was trained on the captions,
 tags and nine-language labels of the emoji *train* split:
@@ -9,9 +10,9 @@ tags and nine-language labels of the emoji *train* split:
     python -m vlp.data.tokenizer build vlp/data/assets/emoji_bpe.json
 
 Your own tokenizer: ``--data.tokenizer.path my/tokenizer.json`` (any tokenizers
-``tokenizer.json``; it must define ``<pad>``, ``<sot>`` and ``<eot>`` or the ids
-given), or ``vlp.data.tokenizer.HFTokenizer`` with a local transformers directory.
-Nothing is downloaded.
+``tokenizer.json``; it must define ``<pad>``, ``<sot>`` and ``<eot>``, at any ids: the
+towers take them from the spec), or ``vlp.data.tokenizer.HFTokenizer`` with a local
+transformers directory. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from vlp.data.text_spec import TextSpec
 from vlp.errors import VLPError
 
 BUILTIN_VOCAB = "emoji_bpe.json"
@@ -55,17 +57,24 @@ class TextTokenizer:
         ids = [self.tok.token_to_id(s) for s in SPECIALS]
         if None in ids:
             raise VLPError(f"tokenizer {file} lacks one of the special tokens {SPECIALS}")
-        self.pad_id, self.sot_id, self.eot_id = ids
-        self.context_length = context_length
-        self.vocab_size = self.tok.get_vocab_size()
+        pad, sot, eot = ids
+        self.spec = TextSpec(vocab_size=self.tok.get_vocab_size(), pad_id=pad, bos_id=sot, eos_id=eot,
+                             context_length=context_length)
 
     def __call__(self, texts: list[str]) -> torch.Tensor:
-        out = torch.full((len(texts), self.context_length), self.pad_id, dtype=torch.long)
-        body = self.context_length - 2
+        spec = self.spec
+        out = torch.full((len(texts), spec.context_length), spec.pad_id, dtype=torch.long)
+        body = spec.context_length - 2
         for i, enc in enumerate(self.tok.encode_batch(texts, add_special_tokens=False)):
-            ids = [self.sot_id, *enc.ids[:body], self.eot_id]
+            ids = [spec.bos_id, *enc.ids[:body], spec.eos_id]
             out[i, : len(ids)] = torch.tensor(ids)
         return out
+
+    def decode(self, ids: torch.Tensor | list[list[int]]) -> list[str]:
+        """``[B, L]`` ids -> B texts (see TextSpec.strip). The built-in vocabulary lowercases
+        and NFC-normalises, so its texts come back that way."""
+        texts = self.tok.decode_batch([self.spec.strip(row) for row in _rows(ids)], skip_special_tokens=False)
+        return [t.strip() for t in texts]  # the byte-level decoder keeps the space put before the first word
 
 
 class HFTokenizer:
@@ -81,17 +90,32 @@ class HFTokenizer:
 
         if not Path(path).is_dir():
             raise VLPError(f"tokenizer directory not found: {path}")
-        self.tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.context_length = context_length
-        self.pad_id = self.tok.pad_token_id
-        self.vocab_size = len(self.tok)
+        tok = self.tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        if tok.pad_token_id is None:
+            raise VLPError(f"tokenizer {path} has no padding token; vlp pads every text to context_length")
+        # BERT-like tokenizers frame a text with [CLS] ... [SEP] and name no bos / eos
+        bos = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
+        eos = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+        self.spec = TextSpec(vocab_size=len(tok), pad_id=tok.pad_token_id, bos_id=bos, eos_id=eos,
+                             context_length=context_length)
 
     def __call__(self, texts: list[str]) -> torch.Tensor:
         enc = self.tok(
             list(texts), padding="max_length", truncation=True,
-            max_length=self.context_length, return_tensors="pt",
+            max_length=self.spec.context_length, return_tensors="pt",
         )
         return enc["input_ids"]
+
+    def decode(self, ids: torch.Tensor | list[list[int]]) -> list[str]:
+        """``[B, L]`` ids -> B texts (see TextSpec.strip)."""
+        return self.tok.batch_decode([self.spec.strip(row) for row in _rows(ids)])
+
+
+def _rows(ids: torch.Tensor | list[list[int]]) -> list[list[int]]:
+    rows = ids.tolist() if torch.is_tensor(ids) else list(ids)
+    if not all(isinstance(row, (list, tuple)) for row in rows):
+        raise ValueError("decode takes a batch of id sequences [B, L]")
+    return rows
 
 
 def build(out: str, shard_glob: str | None = None, vocab_size: int = 8192) -> None:

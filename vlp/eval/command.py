@@ -13,17 +13,19 @@ import copy
 import csv
 import datetime
 import fnmatch
-import importlib
 import io
 import json
 import platform
+import typing
 from pathlib import Path
 
 import torch
 
+from vlp.build import build
+from vlp.data.eval_set import EvalData
 from vlp.errors import VLPError
-from vlp.eval.features import EvalData
-from vlp.eval.tasks import builtin_tasks, headline, load_task, run_task, task_summary
+from vlp.eval.tasks import builtin_tasks, headline, load_task, task_summary
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
@@ -59,17 +61,21 @@ def select_tasks(specs: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _instantiate(spec):
-    if isinstance(spec, dict) and "class_path" in spec:
-        module_name, _, cls = spec["class_path"].rpartition(".")
-        return getattr(importlib.import_module(module_name), cls)(**spec.get("init_args", {}))
-    return spec
+def saved_tokenizer(spec, where: str):
+    """The run's tokenizer from its saved ``data.tokenizer`` (a class_path / init_args mapping,
+    built as the CLI built it, against the DataModule's type), or None."""
+    from vlp.data.datamodule import VLPDataModule
+
+    if not isinstance(spec, dict):
+        return spec
+    return build(spec, typing.get_type_hints(VLPDataModule.__init__).get("tokenizer", object), where)
 
 
 def load_for_eval(path: str, device: str = "cpu"):
     """A checkpoint of `vlp fit` -> (module in eval mode, EvalData, info dict)."""
+    from vlp.data.text_spec import bind_parts
     from vlp.data.tokenizer import TextTokenizer
-    from vlp.module import VLPModule
+    from vlp.module import VLPModule, upgrade_checkpoint
 
     if not Path(path).is_file():
         raise VLPError(f"checkpoint {path} does not exist")
@@ -77,28 +83,32 @@ def load_for_eval(path: str, device: str = "cpu"):
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
         raise VLPError(f"checkpoint {path} cannot be read: {type(e).__name__}: {e}") from None
-    hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
-    if not isinstance(hp.get("image_tower"), dict):
+    hp = upgrade_checkpoint(ckpt).get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    towers = hp.get("towers")
+    if not isinstance(towers, dict) or not isinstance(towers.get("image"), dict):
         raise VLPError(f"checkpoint {path} holds no vlp model config (was it written by `vlp fit`?)")
     # the weights come from the checkpoint: do not read the run's pretrained files again
-    tower = copy.deepcopy(hp["image_tower"])
+    tower = copy.deepcopy(towers["image"])
     init_args = tower.setdefault("init_args", {})
     for key, value in (("pretrained_path", None), ("init_from", None), ("lock", False), ("unlocked_groups", 0),
                        ("head", "new")):
         if key in init_args:
             init_args[key] = value
-    module = VLPModule.load_from_checkpoint(path, map_location="cpu", image_tower=tower).to(device).eval()
+    module = VLPModule.load_from_checkpoint(path, map_location="cpu", towers={**towers, "image": tower})
+    module = module.to(device).eval()
     dm = ckpt.get("datamodule_hyper_parameters") or {}
-    image_args = hp["image_tower"].get("init_args", {})
-    text_args = hp.get("text_tower", {}).get("init_args", {})
-    tokenizer = _instantiate(dm.get("tokenizer"))
+    image_args = towers["image"].get("init_args", {})
+    text_args = (towers.get("text") or {}).get("init_args", {})
+    tokenizer = saved_tokenizer(dm.get("tokenizer"), f"checkpoint {path}: data.tokenizer")
     if tokenizer is None:
         tokenizer = TextTokenizer(context_length=dm.get("context_length") or text_args.get("context_length", 77))
+    if getattr(tokenizer, "spec", None) is not None:  # the towers mask and pool with the run's pad id
+        bind_parts(module, tokenizer.spec)
     data = EvalData(tokenizer, dm.get("image_size") or image_args.get("image_size", 224))
     info = {
         "recipe": (ckpt.get("vlp") or {}).get("recipe"),
-        "image_tower": image_args.get("model_name", hp["image_tower"].get("class_path")),
-        "text_tower": hp.get("text_tower", {}).get("class_path"),
+        "image_tower": image_args.get("model_name", towers["image"].get("class_path")),
+        "text_tower": (towers.get("text") or {}).get("class_path"),
         "global_step": ckpt.get("global_step"),
         "epoch": ckpt.get("epoch"),
     }
@@ -126,7 +136,7 @@ def evaluate(args) -> list[dict]:
         data.num_workers = args.num_workers
         label = args.name or checkpoint_label(ckpt)
         for task in tasks:
-            r = run_task(module, task, data, args.batch_size)
+            r = task.run(module, data, batch_size=args.batch_size)
             record = {"label": label, "model": info, "checkpoint": str(Path(ckpt).resolve()), **r,
                       "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                       "device": args.device, "host": platform.node()}

@@ -1,8 +1,11 @@
-"""Image-text retrieval recall@k, computed in chunks so memory stays bounded."""
+"""Image-text retrieval: recall@k both ways, computed in chunks so memory stays bounded."""
 
 from __future__ import annotations
 
 import torch
+
+from vlp.errors import VLPError
+from vlp.eval.base import EvalRun, EvalTask
 
 
 def retrieval_metrics(
@@ -47,3 +50,35 @@ def retrieval_metrics(
     out = {f"image_to_text_R@{k}": i2t_hits[k] / n for k in ks}
     out.update({f"text_to_image_R@{k}": t2i_hits[k] / m for k in ks})
     return out
+
+
+class Retrieval(EvalTask):
+    """Image-text retrieval, image->text and text->image.
+
+    Args:
+        shards: the eval set (path, brace / glob pattern, ``builtin:emoji/...``, ``a::b``).
+        captions: the caption fields of a sample: a member (``txt``) or a json path
+            (``labels.de``); a list-valued field gives several captions.
+        name: the task's name in results (default: the task file's name).
+        description: what the task measures.
+
+    Metrics: ``image_to_text_R@{1,5,10}`` (an image's hit: any of its captions in the top k)
+    and ``text_to_image_R@{1,5,10}``.
+    """
+
+    kind = "retrieval"
+    headline = ("image_to_text_R@1", "image_to_text_R@5", "text_to_image_R@1", "text_to_image_R@5")
+
+    def __init__(self, shards: str, captions: str | list[str] = "txt", name: str | None = None,
+                 description: str = ""):
+        super().__init__(shards, name, description)
+        self.captions = [captions] if isinstance(captions, str) else list(captions)
+        if not self.captions:
+            raise VLPError("captions is empty: give the caption fields, e.g. [txt]")
+
+    def evaluate(self, run: EvalRun) -> tuple[dict[str, float], dict, int]:
+        feats = run.features(self.shards, captions=self.captions)
+        if len(feats.text) == 0:
+            raise VLPError(f"task {self.name}: no captions found in fields {self.captions}")
+        metrics = retrieval_metrics(feats.image, feats.text, feats.text_owner)
+        return metrics, {"num_texts": len(feats.text)}, len(feats)

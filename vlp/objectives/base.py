@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
+
+from vlp.towers.output import TowerOutput
 
 
 class Objective(nn.Module):
@@ -13,14 +17,20 @@ class Objective(nn.Module):
         weight: factor of this loss in the total.
         name: the name under which the loss is logged (``train/<name>_loss``).
 
-    Class attribute ``needs``: the batch fields the objective reads; the module
-    checks that the batch has them. ``needs_tokens``: the objective reads the towers'
-    per-token outputs (``image_tokens`` / ``text_tokens``); when no objective does, the towers
-    compute only the pooled outputs (vlp.towers.pooled).
+    Class attributes:
+        reads: the tower outputs the objective reads, as ``NAME.PART`` with NAME a tower or
+            shared name of the module and PART a TowerOutput field (``image.pooled``,
+            ``text.tokens``, ``views.features``). The module computes exactly these: tokens
+            only when some objective reads them, a name only when some objective reads it.
+        fields: batch fields the objective reads itself (beyond the towers' inputs).
+
+    ``forward(outputs, batch)`` gets ``{NAME: TowerOutput}`` and the batch and returns
+    ``(loss, metrics)``. Objectives may own modules (a projector, a decoder); ``attach`` gives
+    them the towers by name once, e.g. to size a projector on a tower's width.
     """
 
-    needs: frozenset[str] = frozenset({"image", "text"})
-    needs_tokens: bool = False
+    reads: frozenset[str] = frozenset({"image.pooled", "text.pooled"})
+    fields: frozenset[str] = frozenset()
     default_name = "objective"
 
     def __init__(self, weight: float = 1.0, name: str | None = None):
@@ -28,11 +38,20 @@ class Objective(nn.Module):
         self.weight = weight
         self.name = name or self.default_name
 
-    def forward(self, outputs: dict[str, torch.Tensor], batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, outputs: Mapping[str, TowerOutput], batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
-    def attach(self, image_tower: nn.Module, text_tower: nn.Module) -> None:
-        """Called once by VLPModule with the towers (e.g. to size a projector on their width)."""
+    def attach(self, towers: Mapping[str, nn.Module]) -> None:
+        """Called once by VLPModule with the towers by name (shared names included)."""
 
-    def after_optimizer_step(self) -> None:
-        """Called after each optimiser step (e.g. to clamp a learned temperature)."""
+
+def check_embed_dims(objective: Objective, towers: Mapping[str, nn.Module], names: tuple[str, ...]) -> None:
+    """The towers of ``names`` (those that report ``embed_dim``) must embed into one space."""
+    from vlp.errors import VLPError
+
+    dims = {n: getattr(towers.get(n), "embed_dim", None) for n in names}
+    known = {n: d for n, d in dims.items() if d is not None}
+    if len(set(known.values())) > 1:
+        listed = " and ".join(f"{n} {d}" for n, d in known.items())
+        raise VLPError(f"objective {objective.name} compares {', '.join(names)} embeddings: the towers must share "
+                       f"embed_dim, got {listed}")

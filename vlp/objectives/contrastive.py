@@ -8,21 +8,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlp.objectives.base import Objective
+from vlp.objectives.base import Objective, check_embed_dims
 from vlp.objectives.gather import all_gather_with_grad, rank_and_world
+from vlp.towers.output import TowerOutput
 
 
 class ContrastiveLoss(Objective):
     """Symmetric InfoNCE over image and text embeddings with a learned temperature.
 
     ``loss = (CE(s * I T^T, y) + CE(s * T I^T, y)) / 2`` with ``s = exp(logit_scale)``,
-    ``logit_scale`` initialised to ``ln(1/0.07)`` and clamped to ``[0, ln 100]`` after
-    every optimiser step (as open_clip). Under several ranks, each rank scores its
+    ``logit_scale`` initialised to ``ln(1/0.07)`` and clamped to ``[0, ln 100]`` where it is
+    used (open_clip clamps the parameter in place after each step; the clamp in the forward
+    gives the same scale without editing the parameter behind the strategy's back). Under several ranks, each rank scores its
     own rows against the features of all ranks, gathered with gradient
     (open_clip's ``local_loss=True, gather_with_grad=True``): the loss and the
     gradients then equal those of one process on the whole batch.
 
-    Reads ``outputs["image_embed"]``, ``outputs["text_embed"]`` (``[B, E]``, L2-normalised).
+    Reads ``image.pooled`` and ``text.pooled`` (``[B, E]``), L2-normalised here.
 
     Args:
         weight, name: see Objective.
@@ -48,11 +50,14 @@ class ContrastiveLoss(Objective):
         self.max_logit_scale = max_logit_scale
         self.label_smoothing = label_smoothing
 
-    def forward(self, outputs: dict[str, torch.Tensor], batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        image, text = outputs["image_embed"], outputs["text_embed"]
+    def attach(self, towers) -> None:
+        check_embed_dims(self, towers, ("image", "text"))
+
+    def forward(self, outputs: dict[str, TowerOutput], batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image, text = F.normalize(outputs["image"].pooled, dim=-1), F.normalize(outputs["text"].pooled, dim=-1)
         rank, _ = rank_and_world()
         all_image, all_text = all_gather_with_grad(image), all_gather_with_grad(text)
-        scale = self.logit_scale.exp()
+        scale = self.logit_scale.clamp(0, self.max_logit_scale).exp()
         logits_per_image = scale * image @ all_text.T
         logits_per_text = scale * text @ all_image.T
         labels = torch.arange(image.shape[0], device=image.device) + rank * image.shape[0]
@@ -61,7 +66,3 @@ class ContrastiveLoss(Objective):
             + F.cross_entropy(logits_per_text, labels, label_smoothing=self.label_smoothing)
         ) / 2
         return loss, {"logit_scale": scale.detach()}
-
-    @torch.no_grad()
-    def after_optimizer_step(self) -> None:
-        self.logit_scale.clamp_(0, self.max_logit_scale)

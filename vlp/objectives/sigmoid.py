@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlp.objectives.base import Objective
+from vlp.objectives.base import Objective, check_embed_dims
 from vlp.objectives.gather import all_gather_with_grad, rank_and_world
+from vlp.towers.output import TowerOutput
 
 
 class SigmoidLoss(Objective):
@@ -18,7 +19,8 @@ class SigmoidLoss(Objective):
     ``loss = -1/N sum_i sum_j log sigmoid(label_ij * z_ij)`` (sum over texts, mean over
     images, as big_vision). ``t = exp(logit_scale)`` with ``logit_scale`` initialised to
     ``ln 10`` and the bias ``b`` to ``-10``, both learned; ``logit_scale`` is clamped to
-    ``[0, max_logit_scale]`` after each step (as open_clip).
+    ``[0, max_logit_scale]`` where it is used (open_clip clamps it in place after each step).
+    Reads ``image.pooled`` and ``text.pooled``, L2-normalised here.
 
     Under several ranks each rank scores its own images against the texts of all ranks,
     gathered with gradient, so the loss and gradients equal those of one process on the
@@ -40,18 +42,17 @@ class SigmoidLoss(Objective):
         self.logit_bias = nn.Parameter(torch.tensor(float(init_logit_bias)))
         self.max_logit_scale = max_logit_scale
 
-    def forward(self, outputs: dict[str, torch.Tensor], batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        image, text = outputs["image_embed"], outputs["text_embed"]
+    def attach(self, towers) -> None:
+        check_embed_dims(self, towers, ("image", "text"))
+
+    def forward(self, outputs: dict[str, TowerOutput], batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        image, text = F.normalize(outputs["image"].pooled, dim=-1), F.normalize(outputs["text"].pooled, dim=-1)
         rank, _ = rank_and_world()
         all_text = all_gather_with_grad(text)
-        scale = self.logit_scale.exp()
+        scale = self.logit_scale.clamp(0, self.max_logit_scale).exp()
         logits = scale * image @ all_text.T + self.logit_bias  # [B_local, B_total]
         labels = -torch.ones_like(logits)
         rows = torch.arange(image.shape[0], device=image.device)
         labels[rows, rows + rank * image.shape[0]] = 1.0
         loss = -F.logsigmoid(labels * logits).sum(dim=1).mean()
         return loss, {"logit_scale": scale.detach(), "logit_bias": self.logit_bias.detach()}
-
-    @torch.no_grad()
-    def after_optimizer_step(self) -> None:
-        self.logit_scale.clamp_(0, self.max_logit_scale)

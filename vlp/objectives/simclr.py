@@ -25,7 +25,7 @@ class SimCLRLoss(Objective):
     """NT-Xent over two augmented views of every image.
 
     The views (``batch["views"]``, made by the DataModule with ``data.ssl_views: true``) go
-    through the shared image tower; its pooled features (before the CLIP projection) go
+    through the image tower shared under the name ``views`` (``model.share: {views: image}``); its pooled features (before the CLIP projection) go
     through a 3-layer MLP with batch norm (SLIP: 4096 hidden, 256 out), are normalised, and
     ``loss = (CE([a b^T, a a^T - big I] / t, y) + CE([b a^T, b b^T - big I] / t, y)) / 2``
     with temperature ``t = 0.1``: each view's positive is the other view of its image, its
@@ -40,7 +40,7 @@ class SimCLRLoss(Objective):
         batch_norm: BN in the projector (SLIP); False is for tests that compare ranks.
     """
 
-    needs = frozenset({"image", "text", "views"})
+    reads = frozenset({"views.features"})
     default_name = "simclr"
 
     def __init__(self, weight: float = 1.0, name: str | None = None, mlp_dim: int = 4096, out_dim: int = 256,
@@ -50,14 +50,17 @@ class SimCLRLoss(Objective):
         self.temperature = temperature
         self.mlp: nn.Module | None = None
 
-    def attach(self, image_tower: nn.Module, text_tower: nn.Module) -> None:
-        width = getattr(image_tower, "width", None)
+    def attach(self, towers) -> None:
+        if "views" not in towers:
+            raise VLPError("SimCLRLoss reads the tower of `views`: share the image tower with model.share: "
+                           "{views: image}")
+        width = getattr(towers["views"], "width", None)
         if width is None:
             raise VLPError("SimCLRLoss needs an image tower that reports its feature width (TimmImageTower)")
         self.mlp = slip_mlp(width, self.mlp_dim, self.out_dim, self.batch_norm)
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        features = outputs["view_features"]  # [2, B, width]
+        features = outputs["views"].features  # [2, B, width]
         q_a = F.normalize(self.mlp(features[0]), dim=-1)
         q_b = F.normalize(self.mlp(features[1]), dim=-1)
         return nt_xent(q_a, q_b, self.temperature)

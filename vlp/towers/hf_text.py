@@ -8,7 +8,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from vlp.data.text_spec import TextSpec
 from vlp.errors import VLPError
+from vlp.towers.output import TowerOutput
 from vlp.towers.projection import Projection, make_projection
 
 
@@ -22,10 +24,15 @@ class HFTextTower(nn.Module):
         embed_dim: size of the shared embedding.
         pooler: ``cls`` (first token, as ALIGN) or ``mean`` (masked mean, open_clip's default).
         proj: ``linear``, ``mlp`` (open_clip's default for HF towers) or ``none``.
-        pad_id: padding id of the tokenizer (attention mask = text != pad_id).
+        pad_id: padding id of the tokenizer (attention mask = text != pad_id); None (default) =
+            the tokenizer's, adopted from its spec by ``bind_text_spec`` (until then the
+            transformer's ``pad_token_id``, else 0). A value given here must equal the tokenizer's.
 
-    Input ``text [B, L]``; output ``pooled [B, embed_dim]``, ``tokens [B, L, hidden]``.
+    Input ``text [B, L]``; output (TowerOutput) ``features [B, hidden]`` (pooled),
+    ``pooled [B, embed_dim]``, ``tokens [B, L, hidden]`` and ``token_mask`` (``text != pad_id``).
     """
+
+    input_ndim = 2  # [B, L] token ids
 
     def __init__(
         self,
@@ -34,7 +41,7 @@ class HFTextTower(nn.Module):
         embed_dim: int = 512,
         pooler: Literal["cls", "mean"] = "mean",
         proj: Projection = "mlp",
-        pad_id: int = 0,
+        pad_id: int | None = None,
     ):
         super().__init__()
         from transformers import AutoConfig, AutoModel
@@ -56,17 +63,35 @@ class HFTextTower(nn.Module):
         self.vocab_size = self.transformer.config.vocab_size
         self.context_length = getattr(self.transformer.config, "max_position_embeddings", None)
         self.pooler = pooler
-        self.pad_id = pad_id
+        self.pad_id_given = pad_id
+        model_pad = getattr(self.transformer.config, "pad_token_id", None)
+        self.pad_id = pad_id if pad_id is not None else model_pad if model_pad is not None else 0
+        self.text_spec: TextSpec | None = None
         self.embed_dim = embed_dim
         self.proj = make_projection(proj, width, embed_dim)
 
-    def forward(self, text: torch.Tensor, tokens: bool = True) -> dict[str, torch.Tensor]:
-        """``tokens`` is accepted for the tower contract; this tower always returns them."""
-        mask = (text != self.pad_id).long()
-        tokens = self.transformer(input_ids=text, attention_mask=mask).last_hidden_state
+    def bind_text_spec(self, spec: TextSpec) -> None:
+        """Mask and pool with the tokenizer's pad id; refuse a tokenizer with more ids or longer
+        texts than the transformer has embeddings for, a different explicit ``pad_id``, or a
+        transformer whose ``pad_token_id`` differs (its embeddings treat that id as padding:
+        RoBERTa / XLM-R count positions from it, BERT keeps its embedding at zero)."""
+        spec.check_part(vocab_size=self.vocab_size, context_length=self.context_length, pad_id=self.pad_id_given)
+        model_pad = getattr(self.transformer.config, "pad_token_id", None)
+        if model_pad is not None and model_pad != spec.pad_id:
+            raise VLPError(f"the transformer's pad_token_id {model_pad} differs from the tokenizer's pad id "
+                           f"{spec.pad_id} (a tokenizer made for another model? a config sets pad_token_id)")
+        self.pad_id = spec.pad_id
+        self.text_spec = spec
+
+    def forward(self, text: torch.Tensor, tokens: bool = True) -> TowerOutput:
+        """``tokens=False`` leaves ``tokens`` out of the output (the encoder runs in full)."""
+        mask = text != self.pad_id
+        hidden = self.transformer(input_ids=text, attention_mask=mask.long()).last_hidden_state
         if self.pooler == "cls":
-            pooled = tokens[:, 0]
+            features = hidden[:, 0]
         else:
-            m = mask.unsqueeze(-1).to(tokens.dtype)
-            pooled = (tokens * m).sum(1) / m.sum(1).clamp(min=1)
-        return {"pooled": self.proj(pooled), "tokens": tokens}
+            m = mask.unsqueeze(-1).to(hidden.dtype)
+            features = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+        if not tokens:
+            return TowerOutput(self.proj(features), features)
+        return TowerOutput(self.proj(features), features, hidden, mask)

@@ -37,7 +37,32 @@ def timm_block_supported(block: nn.Module) -> bool:
             and getattr(block.attn, "gate", None) is None)
 
 
-def timm_block_first_token(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def first_token_block_class():
+    """``FirstTokenBlock``: timm's ViT ``Block`` whose call takes ``first_token_only=True`` to
+    compute ``block(x)[:, :1]`` alone. TimmImageTower turns a ViT's last block into one (same
+    parameters and names); the pooled-only pass calls it through ``block(...)``, so hooks of
+    wrappers (FSDP2's ``fully_shard``, which subclasses it again) run as for any call."""
+    global _FIRST_TOKEN_BLOCK
+    if _FIRST_TOKEN_BLOCK is None:
+        from timm.models.vision_transformer import Block
+
+        class FirstTokenBlock(Block):
+            def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False,
+                        first_token_only: bool = False) -> torch.Tensor:
+                if not first_token_only:
+                    return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+                if attn_mask is not None or is_causal:
+                    raise ValueError("first_token_only takes no attention mask")
+                return _first_token(self, x)
+
+        _FIRST_TOKEN_BLOCK = FirstTokenBlock
+    return _FIRST_TOKEN_BLOCK
+
+
+_FIRST_TOKEN_BLOCK = None
+
+
+def _first_token(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``block(x)[:, :1]`` for a timm ViT block, computing only what position 0 needs."""
     a = block.attn
     h = block.norm1(x)

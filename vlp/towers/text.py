@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlp.data.text_spec import TextSpec
+from vlp.towers.output import TowerOutput
 from vlp.towers.pooled import split_qkv
 from vlp.towers.projection import Projection, make_projection
 
@@ -35,12 +37,16 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
 
-    def forward(self, x: torch.Tensor, causal: bool, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool, mask: torch.Tensor | None,
+                at: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [B, N, W]`` -> ``[B, N, W]``; with ``at [B]`` (a position per sample) only
+        ``forward(x)[b, at[b]]`` is computed and returned (``[B, W]``, vlp.towers.pooled)."""
+        if at is not None:
+            return self._forward_at(x, at, causal, mask)
         x = x + self.attn(self.ln_1(x), causal, mask)
         return x + self.mlp(self.ln_2(x))
 
-    def forward_at(self, x: torch.Tensor, index: torch.Tensor, causal: bool, mask: torch.Tensor | None) -> torch.Tensor:
-        """``forward(x)[b, index[b]]`` computed at those positions only (``[B, width]``)."""
+    def _forward_at(self, x: torch.Tensor, index: torch.Tensor, causal: bool, mask: torch.Tensor | None) -> torch.Tensor:
         b, n, w = x.shape
         rows = torch.arange(b, device=x.device)
         h = self.ln_1(x)
@@ -56,9 +62,9 @@ class TextTransformer(nn.Module):
     """CLIP text encoder (Radford et al. 2021; initialisation as open_clip).
 
     Input ``text [B, L]`` token ids padded with ``pad_id`` (L <= context_length);
-    output ``pooled [B, embed_dim]`` taken at the last non-pad token (the
-    end-of-text token) after the final LayerNorm and projection, and
-    ``tokens [B, L, width]``.
+    output (TowerOutput) ``features [B, width]`` taken at the last non-pad token (the
+    end-of-text token) after the final LayerNorm, ``pooled [B, embed_dim]`` its projection,
+    ``tokens [B, L, width]`` and ``token_mask`` (``text != pad_id``).
 
     Args:
         vocab_size: embedding rows; must cover the tokenizer's ids.
@@ -66,9 +72,13 @@ class TextTransformer(nn.Module):
         width, layers, heads, mlp_ratio: transformer shape.
         embed_dim: size of the shared image-text embedding.
         causal: causal attention (CLIP); False = bidirectional with a padding mask.
-        pad_id: padding token id.
+        pad_id: padding token id; None (default) = the tokenizer's, adopted from its spec by
+            ``bind_text_spec`` (``vlp fit`` / ``vlp eval`` call it; until then 0, the built-in
+            tokenizer's). A value given here must equal the tokenizer's.
         proj: ``linear`` (CLIP), ``mlp`` or ``none``.
     """
+
+    input_ndim = 2  # [B, L] token ids
 
     def __init__(
         self,
@@ -80,14 +90,16 @@ class TextTransformer(nn.Module):
         mlp_ratio: float = 4.0,
         embed_dim: int = 512,
         causal: bool = True,
-        pad_id: int = 0,
+        pad_id: int | None = None,
         proj: Projection = "linear",
     ):
         super().__init__()
         self.vocab_size = vocab_size
         self.context_length = context_length
         self.causal = causal
-        self.pad_id = pad_id
+        self.pad_id_given = pad_id
+        self.pad_id = 0 if pad_id is None else pad_id
+        self.text_spec: TextSpec | None = None
         self.embed_dim = embed_dim
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
@@ -112,9 +124,17 @@ class TextTransformer(nn.Module):
         if isinstance(self.proj, nn.Linear):
             nn.init.normal_(self.proj.weight, std=attn_std)
 
-    def forward(self, text: torch.Tensor, tokens: bool = True) -> dict[str, torch.Tensor]:
-        """``tokens=False``: only ``pooled`` is returned, and the last block runs at the pooled
-        position only (vlp.towers.pooled), which gives the same ``pooled`` for less work."""
+    def bind_text_spec(self, spec: TextSpec) -> None:
+        """Mask and pool with the tokenizer's pad id; refuse a tokenizer with more ids or longer
+        texts than this tower has embeddings for, or a different explicit ``pad_id``."""
+        spec.check_part(vocab_size=self.vocab_size, context_length=self.context_length, pad_id=self.pad_id_given)
+        self.pad_id = spec.pad_id
+        self.text_spec = spec
+
+    def forward(self, text: torch.Tensor, tokens: bool = True) -> TowerOutput:
+        """``tokens=False``: no ``tokens`` in the output, and the last block runs at the pooled
+        position only (through its normal call, so wrapped blocks work; vlp.towers.pooled),
+        which gives the same ``pooled`` and ``features`` for less work."""
         b, n = text.shape
         if n > self.context_length:
             raise ValueError(f"text has {n} tokens; the tower's context_length is {self.context_length}")
@@ -125,9 +145,10 @@ class TextTransformer(nn.Module):
         if not tokens and len(self.blocks):
             for block in self.blocks[:-1]:
                 x = block(x, self.causal, mask)
-            return {"pooled": self.proj(self.ln_final(self.blocks[-1].forward_at(x, last, self.causal, mask)))}
+            features = self.ln_final(self.blocks[-1](x, self.causal, mask, at=last))
+            return TowerOutput(self.proj(features), features)
         for block in self.blocks:
             x = block(x, self.causal, mask)
         x = self.ln_final(x)
-        pooled = x[torch.arange(b, device=x.device), last]
-        return {"pooled": self.proj(pooled), "tokens": x}
+        features = x[torch.arange(b, device=x.device), last]
+        return TowerOutput(self.proj(features), features, x, keep)

@@ -12,7 +12,8 @@ from torch import nn
 
 from vlp.errors import VLPError
 from vlp.towers.masking import PatchMask
-from vlp.towers.pooled import timm_block_first_token, timm_block_supported
+from vlp.towers.output import TowerOutput
+from vlp.towers.pooled import first_token_block_class, timm_block_supported
 from vlp.towers.projection import Projection, make_projection
 
 
@@ -72,9 +73,12 @@ class TimmImageTower(nn.Module):
         head: with ``lock``, ``new`` = a fresh trainable projection (LiT's default);
             ``keep`` = the projection loaded from ``init_from``, locked too.
 
-    Input ``[B, 3, H, W]``; output ``pooled [B, embed_dim]``, ``features [B, width]`` (pooled,
-    before the projection), ``tokens`` = ``forward_features``.
+    Input ``[B, 3, H, W]``; output (TowerOutput) ``pooled [B, embed_dim]``, ``features [B, width]``
+    (pooled, before the projection), ``tokens [B, N, width]`` (``forward_features``; a CNN's map
+    flattened) with ``token_mask`` (all True) and ``prefix_tokens`` (timm's ``num_prefix_tokens``).
     """
+
+    input_ndim = 4  # [B, 3, H, W]
 
     def __init__(
         self,
@@ -141,7 +145,8 @@ class TimmImageTower(nn.Module):
         elif head == "keep":
             raise VLPError("image_tower.head keep takes the projection from init_from (a vlp checkpoint)")
         self.locked = lock
-        self._class_token_vit: bool | None = None  # see _class_token_path
+        self._token_sequence = hasattr(self.trunk, "num_prefix_tokens")  # a ViT-like trunk
+        self._prepare_pooled_path()
         self.freeze_bn_stats = freeze_bn_stats
         if lock:
             if pretrained_path is None and init_from is None:
@@ -155,9 +160,10 @@ class TimmImageTower(nn.Module):
         if not Path(path).is_file():
             raise VLPError(f"image_tower.init_from: checkpoint {path} not found")
         state = torch.load(path, map_location="cpu", weights_only=True).get("state_dict", {})
-        tower = {k[len("image_tower."):]: v for k, v in state.items() if k.startswith("image_tower.")}
+        prefix = next((p for p in ("towers.image.", "image_tower.") if any(k.startswith(p) for k in state)), None)
+        tower = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} if prefix else {}
         if not tower:
-            raise VLPError(f"image_tower.init_from: {path} holds no image_tower weights")
+            raise VLPError(f"image_tower.init_from: {path} holds no image tower weights")
         if not keep_proj:
             tower = {k: v for k, v in tower.items() if not k.startswith("proj.")}
         result = self.load_state_dict(tower, strict=False)
@@ -205,31 +211,48 @@ class TimmImageTower(nn.Module):
             return
         self.mask.ratio = value
 
-    def _class_token_path(self) -> bool:
-        """Whether the pooled output is the class token of a plain timm ViT, so that the last
-        block can run at the class token only. The trunk's structure is judged once (it does
-        not change after construction); gradient checkpointing can be switched at any time."""
-        if self._class_token_vit is None:
-            t = self.trunk
-            blocks = getattr(t, "blocks", None)
-            self._class_token_vit = (
-                getattr(t, "global_pool", None) == "token" and getattr(t, "attn_pool", None) is None
+    def _prepare_pooled_path(self) -> None:
+        """A plain class-token timm ViT gets a last block that can run at the class token only
+        (vlp.towers.pooled.first_token_block_class: same parameters, a subclass of timm's Block)."""
+        t = self.trunk
+        blocks = getattr(t, "blocks", None)
+        if (getattr(t, "global_pool", None) == "token" and getattr(t, "attn_pool", None) is None
                 and getattr(t, "cls_token", None) is not None
                 and isinstance(blocks, nn.Sequential) and len(blocks) > 0 and timm_block_supported(blocks[-1])
-                and all(hasattr(t, n) for n in ("patch_embed", "_pos_embed", "patch_drop", "norm_pre", "norm")))
-        return self._class_token_vit and not getattr(self.trunk, "grad_checkpointing", False)
+                and all(hasattr(t, n) for n in ("patch_embed", "_pos_embed", "patch_drop", "norm_pre", "norm"))):
+            blocks[-1].__class__ = first_token_block_class()
 
-    def forward(self, image: torch.Tensor, tokens: bool = True) -> dict[str, torch.Tensor]:
-        """``tokens=False``: ``tokens`` is left out of the output, and a class-token ViT runs its
-        last block at the class token only (vlp.towers.pooled): same ``pooled`` and
-        ``features``, less work."""
+    def _class_token_path(self) -> bool:
+        """Whether the last block can run at the class token only (see _prepare_pooled_path);
+        not under gradient checkpointing, which can be switched at any time."""
+        blocks = getattr(self.trunk, "blocks", None)
+        return (isinstance(blocks, nn.Sequential) and len(blocks) > 0
+                and isinstance(blocks[-1], first_token_block_class())
+                and not getattr(self.trunk, "grad_checkpointing", False))
+
+    @property
+    def prefix_tokens(self) -> int:
+        """Leading non-content tokens of ``tokens``: timm's class and register tokens (ViT),
+        0 for a CNN."""
+        return int(getattr(self.trunk, "num_prefix_tokens", 0) or 0) if self._token_sequence else 0
+
+    def forward(self, image: torch.Tensor, tokens: bool = True) -> TowerOutput:
+        """``tokens=False``: no ``tokens`` in the output, and a class-token ViT runs its last
+        block at the class token only (vlp.towers.pooled): same ``pooled`` and ``features``,
+        less work. A CNN's tokens are its last feature map ``[B, C, H, W]`` flattened to
+        ``[B, H*W, C]``."""
+        t = self.trunk
         if not tokens and self._class_token_path():
-            t = self.trunk
             x = t.norm_pre(t.patch_drop(t._pos_embed(t.patch_embed(image))))
             x = t.blocks[:-1](x)
-            x = t.norm(timm_block_first_token(t.blocks[-1], x))
-            pooled = t.forward_head(x, pre_logits=True)
-            return {"pooled": self.proj(pooled), "features": pooled}
-        tokens = self.trunk.forward_features(image)
-        pooled = self.trunk.forward_head(tokens, pre_logits=True)
-        return {"pooled": self.proj(pooled), "features": pooled, "tokens": tokens}
+            x = t.norm(t.blocks[-1](x, first_token_only=True))
+            features = t.forward_head(x, pre_logits=True)
+            return TowerOutput(self.proj(features), features, prefix_tokens=self.prefix_tokens)
+        hidden = t.forward_features(image)
+        features = t.forward_head(hidden, pre_logits=True)
+        if not tokens:
+            return TowerOutput(self.proj(features), features, prefix_tokens=self.prefix_tokens)
+        if hidden.ndim == 4:  # a CNN's feature map
+            hidden = hidden.flatten(2).transpose(1, 2)
+        mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+        return TowerOutput(self.proj(features), features, hidden, mask, self.prefix_tokens)

@@ -1,0 +1,144 @@
+"""An eval set read in equal shares: every rank gets the same number of batches.
+
+Sample ``i`` of the set (shards in order, samples in shard order) is item ``i // world``
+of rank ``i % world``. Every rank gets ``ceil(N / world)`` items: a rank one item short
+takes the set's last sample once more, marked with index -1, which the gather drops. So
+every rank runs the same number of forward passes, as sharded parameters need (each
+forward gathers them). Within a rank, batch ``j`` is made by data worker ``j % workers``
+(the DataLoader's round robin hands them out in order).
+
+Every reader walks all samples (reading but not decoding those of others): it learns
+``N`` when the set ends, in time to pad its last batch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from vlp.data.decode import BadSample, decode_image, image_member
+from vlp.data.tar_reader import ShardError, tar_samples
+from vlp.data.transforms import image_transform
+from vlp.errors import VLPError
+
+PAD = -1  # the index (and text owner) of a padding row
+
+
+@dataclass
+class EvalData:
+    """What evaluation needs from the data side: the tokenizer and the eval image size."""
+
+    tokenizer: Callable[[list[str]], torch.Tensor]
+    image_size: int
+    num_workers: int = 0
+
+    def transform(self):
+        return image_transform(self.image_size, False)
+
+
+def field_value(sample: dict, info: dict | None, field: str):
+    """``txt`` (or any other member extension) = that file's text; otherwise a dotted path
+    into the sample's json (``labels.de``, ``category``, ``tags``)."""
+    if field in sample and field != "json":
+        return sample[field].decode("utf-8")
+    if info is None:
+        raise VLPError(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no '{field}' "
+                       "member and no json to look it up in")
+    value = info
+    for part in field.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise VLPError(f"sample {sample.get('__key__')} in {sample.get('__url__')}: "
+                           f"field '{field}' not found")
+        value = value[part]
+    return value
+
+
+def share_size(num_samples: int, world: int) -> int:
+    """Items of every rank: ``ceil(num_samples / world)``."""
+    return -(-num_samples // world)
+
+
+class EvalStream(IterableDataset):
+    """Batches ``{"index", "image", "text", "text_owner", "label"}`` of this rank's share.
+
+    ``index [b]`` is each row's sample number (-1: padding); ``text`` holds the tokens of every
+    caption of the batch's samples (a field whose value is a list gives several captions),
+    ``text_owner`` the sample number of each (-1: padding). With ``captions``, a batch always
+    has at least one text (an empty one owned by -1 if its samples have none), so that every
+    rank encodes texts for every batch.
+    """
+
+    def __init__(self, shards: list[str], transform: Callable, tokenizer: Callable, batch_size: int,
+                 captions: list[str] = (), label_field: str | None = None, rank: int = 0, world: int = 1):
+        if batch_size < 1:
+            raise VLPError(f"eval batch size must be >= 1, got {batch_size}")
+        self.shards = shards
+        self.transform = transform
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.captions = list(captions)
+        self.label_field = label_field
+        self.rank, self.world = rank, world
+
+    def _decode(self, index: int, sample: dict) -> tuple:
+        try:
+            image = decode_image(sample[image_member(sample)])  # transparency on white, as in training
+        except BadSample as bad:  # eval must see the whole set
+            raise VLPError(f"eval sample {sample.get('__key__')} in {sample.get('__url__')}: {bad.reason}") from None
+        info = json.loads(sample["json"]) if "json" in sample else None
+        texts = []
+        for f in self.captions:
+            value = field_value(sample, info, f)
+            texts += [value] if isinstance(value, str) else [str(v) for v in value]
+        label = field_value(sample, info, self.label_field) if self.label_field else None
+        return index, self.transform(image), texts, label
+
+    def _batch(self, items: list) -> dict:
+        index, images, texts, labels = zip(*items)
+        flat = [t for ts in texts for t in ts]
+        owner = [i for i, ts in zip(index, texts) for _ in ts]
+        if self.captions and not flat:
+            flat, owner = [""], [PAD]
+        return {
+            "index": torch.tensor(index), "image": torch.stack(images),
+            "text": self.tokenizer(flat) if flat else torch.zeros(0, 0, dtype=torch.long),
+            "text_owner": torch.tensor(owner, dtype=torch.long), "label": list(labels),
+        }
+
+    def _samples(self) -> Iterator[dict]:
+        """Every sample of every shard, in order, through the checked tar reader: a broken eval
+        shard is an error naming it."""
+        for url in self.shards:
+            try:
+                yield from tar_samples(url)
+            except ShardError as e:
+                raise VLPError(f"eval shard unreadable: {e}") from None
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        size = self.batch_size
+
+        def mine(item: int) -> bool:  # this rank's item number -> made by this worker?
+            return (item // size) % workers == worker
+
+        items, num_samples, last = [], 0, None
+        for index, sample in enumerate(self._samples()):
+            num_samples, last = index + 1, sample
+            item = index // self.world
+            if index % self.world != self.rank or not mine(item):
+                continue
+            items.append(self._decode(index, sample))
+            if (item + 1) % size == 0:
+                yield self._batch(items)
+                items = []
+        share = share_size(num_samples, self.world)
+        real = share_size(num_samples - self.rank, self.world) if num_samples > self.rank else 0
+        if real < share and mine(share - 1):  # one short: the set's last sample again
+            items.append((PAD, *self._decode(PAD, last)[1:]))
+        if items:
+            yield self._batch(items)

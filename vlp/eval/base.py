@@ -1,0 +1,103 @@
+"""The base of every eval task kind and the one JSON result format.
+
+A task is built like every other vlp part, from ``class_path`` / ``init_args`` (see
+vlp.eval.tasks.load_task). It reads the module through ``encode_image(images [B,3,H,W])
+-> [B,E]`` and ``encode_text(tokens [B,L]) -> [B,E]`` (L2-normalised) and, for few-shot,
+``logit_scale(module)``. On several ranks every rank calls ``run`` with its rank: each
+runs the same number of forward passes and all return the one-process result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+
+from vlp.data.eval_set import EvalData
+from vlp.errors import VLPError
+from vlp.eval.features import Features, extract_features
+
+
+def logit_scale(module) -> float:
+    """exp of the first objective's learnt ``logit_scale`` (100, CLIP's cap, when none has one)."""
+    for objective in getattr(module, "objectives", []):
+        scale = getattr(objective, "logit_scale", None)
+        if isinstance(scale, torch.Tensor):
+            return float(scale.detach().float().exp())
+    return 100.0
+
+
+class EvalRun:
+    """One task's run on one rank: the module, the data side and how to split the work."""
+
+    def __init__(self, module, data: EvalData, rank: int = 0, world: int = 1, batch_size: int = 256,
+                 autocast: Callable | None = None):
+        self.module, self.data = module, data
+        self.rank, self.world = rank, world
+        self.batch_size = batch_size
+        self.autocast = autocast
+
+    def features(self, shards: str, captions: list[str] = (), label_field: str | None = None) -> Features:
+        return extract_features(self.module, shards, self.data, captions=captions, label_field=label_field,
+                                batch_size=self.batch_size, rank=self.rank, world=self.world, autocast=self.autocast)
+
+
+class EvalTask:
+    """An evaluation of one kind on one set of shards.
+
+    Args:
+        shards: the eval set: a path, brace / glob pattern, ``builtin:emoji/...``, ``a::b``.
+        name: the task's name in results (default: the task file's name).
+        description: what the task measures (kept with the task, not in results).
+
+    A kind sets ``kind`` (the result's ``kind``), ``headline`` (the metrics printed and put
+    in tables) and ``evaluate``.
+    """
+
+    kind: ClassVar[str] = ""
+    headline: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, shards: str, name: str | None = None, description: str = ""):
+        self.shards = shards
+        self.name = name or type(self).__name__
+        self.description = description
+
+    def evaluate(self, run: EvalRun) -> tuple[dict[str, float], dict, int]:
+        """``(metrics, details, number of eval samples)``."""
+        raise NotImplementedError
+
+    def dataset(self) -> dict:
+        return {"shards": self.shards}
+
+    @classmethod
+    def headline_metrics(cls, metrics: dict) -> list[str]:
+        return [k for k in cls.headline if k in metrics]
+
+    @torch.no_grad()
+    def run(self, module, data: EvalData, rank: int = 0, world: int = 1, batch_size: int = 256,
+            autocast: Callable | None = None) -> dict:
+        """Evaluate ``module`` in eval mode. Returns ``{"task", "kind", "dataset", "metrics",
+        "num_samples", "seconds", "details"}``, the same on every rank."""
+        start = time.perf_counter()
+        was_training = module.training
+        module.eval()
+        try:
+            metrics, details, num_samples = self.evaluate(EvalRun(module, data, rank, world, batch_size, autocast))
+        finally:
+            module.train(was_training)
+        return {"task": self.name, "kind": self.kind, "dataset": self.dataset(), "metrics": metrics,
+                "num_samples": num_samples, "seconds": round(time.perf_counter() - start, 3), "details": details}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, shards={self.shards!r})"
+
+
+def label_ids(task: EvalTask, labels: list, classnames: list[str], what: str) -> torch.Tensor:
+    """``[N]`` class numbers of ``labels``; a label outside ``classnames`` is an error."""
+    index = {c: i for i, c in enumerate(classnames)}
+    unknown = sorted({str(x) for x in labels} - index.keys())
+    if unknown:
+        raise VLPError(f"task {task.name}: {what} labels {unknown[:5]} are not among its classnames")
+    return torch.tensor([index[str(x)] for x in labels])
