@@ -193,6 +193,16 @@ def test_eval_stream_splits_samples_between_readers_without_overlap(tmp_path):
     assert sorted(seen) == [-1, -1, *range(13)]
 
 
+def test_data_workers_split_a_rank_share_by_batch_in_order(tmp_path):
+    from torch.utils.data import DataLoader
+
+    shard = _shard(tmp_path / "a.tar", 13)
+    for rank, expected in ((0, [[0, 2], [4, 6], [8, 10], [12]]), (1, [[1, 3], [5, 7], [9, 11], [-1]])):
+        stream = EvalStream([shard], lambda im: torch.zeros(1), TextTokenizer(context_length=8), 2, rank=rank, world=2)
+        loader = DataLoader(stream, batch_size=None, num_workers=2)
+        assert [b["index"].tolist() for b in loader] == expected  # batch j from worker j % 2
+
+
 def test_eval_sees_transparent_images_as_training_does(tmp_path):
     """A transparent PNG is composited on white by the eval stream, as by the training decoder."""
     import io
@@ -265,6 +275,19 @@ def test_sample_shots_takes_k_per_class_reproducibly():
     assert torch.bincount(labels[idx]).tolist() == [2, 2, 2]
     assert torch.equal(idx, sample_shots(labels, 2, seed=1))
     assert torch.bincount(labels[sample_shots(labels, 4, seed=0)]).tolist() == [3, 2, 4]
+
+
+def test_few_shot_reads_the_temperature_the_objective_uses():
+    import math
+    from types import SimpleNamespace
+
+    from vlp.eval.base import logit_scale
+
+    clamped = SimpleNamespace(logit_scale=torch.tensor([5.0]), max_logit_scale=math.log(100))  # clamped in forward
+    assert logit_scale(SimpleNamespace(objectives=[clamped])) == pytest.approx(100.0)
+    free = SimpleNamespace(logit_scale=torch.tensor([1.0]))
+    assert logit_scale(SimpleNamespace(objectives=[SimpleNamespace(), free])) == pytest.approx(math.e)
+    assert logit_scale(SimpleNamespace(objectives=[])) == 100.0
 
 
 def test_class_name_head_is_the_zeroshot_classifier_before_training():

@@ -46,6 +46,12 @@ def explain(message: str) -> str:
             reason = ln
             break
     if reason.startswith("Does not validate against any of the Union subtypes"):
+        # a class_path given for one member of a union (``A | B | None``): that member's reason
+        start = next((i for i, ln in enumerate(lines) if ln.startswith("- Problem with given class_path")), None)
+        if start is not None:
+            end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith(("- ", "Given value"))),
+                       len(lines))
+            return ": ".join([*where, explain("\n".join([lines[start][2:], *lines[start + 1 : end]]))])
         subtypes = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Subtypes:")), "")
         given = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("Given value:")), "?")
         reason = f"expected one of {_plain(subtypes)}, got {given}"

@@ -135,8 +135,13 @@ class VLPModule(LightningModule):
     def setup(self, stage: str) -> None:
         # One sample of the data's shapes: Lightning's model summary counts the FLOPs of its
         # forward (towers, eval mode) as "Total FLOPs".
+        from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+
         example = getattr(self.trainer.datamodule, "example_batch", None)
-        if self.example_input_array is None and callable(example):
+        # the summary runs that forward on rank 0 alone: not with sharded parameters (FSDP2,
+        # DeepSpeed), whose forward is a collective
+        replicated = isinstance(self.trainer.strategy, (SingleDeviceStrategy, DDPStrategy))
+        if self.example_input_array is None and callable(example) and replicated:
             sample = {k: v for k, v in example().items() if k in self.reads}
             if set(sample) == set(self.reads):
                 self.example_input_array = (self.trainer.precision_plugin.convert_input(sample),)
@@ -229,6 +234,18 @@ class VLPModule(LightningModule):
         if metrics:
             self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
 
+    def configure_model(self) -> None:
+        """Where sharding hooks in: under Lightning's ModelParallelStrategy (FSDP2) the towers'
+        blocks, towers and objectives are sharded over the data-parallel mesh
+        (vlp.strategies.shard_fsdp2); other strategies wrap the module themselves."""
+        mesh = getattr(self, "_device_mesh", None)
+        if mesh is None or getattr(self, "_sharded", False):
+            return
+        from vlp.strategies import data_parallel_mesh, shard_fsdp2
+
+        shard_fsdp2(self.towers, self.objectives, data_parallel_mesh(mesh))
+        self._sharded = True
+
     def configure_optimizers(self):
         total = schedule_steps(self.trainer)
         if not math.isfinite(total):
@@ -242,10 +259,11 @@ PARTS = frozenset({"pooled", "features", "tokens", "token_mask", "prefix_tokens"
 
 
 def read_plan(objectives: list[Objective], streams: dict[str, nn.Module]) -> dict[str, set[str]]:
-    """``{name: {output parts}}`` that the objectives read, checked against the names."""
+    """``{name: {output parts}}`` that the objectives read, in the order of ``streams``, checked
+    against the names."""
     plan: dict[str, set[str]] = {}
     for objective in objectives:
-        for item in objective.reads:
+        for item in sorted(objective.reads):
             name, _, part = item.partition(".")
             if name not in streams:
                 raise VLPError(f"objective {objective.name} reads {item}, but there is no tower or shared name "
@@ -253,7 +271,9 @@ def read_plan(objectives: list[Objective], streams: dict[str, nn.Module]) -> dic
             if part not in PARTS:
                 raise VLPError(f"objective {objective.name} reads {item}: a tower output is one of {sorted(PARTS)}")
             plan.setdefault(name, set()).add(part)
-    return plan
+    # the towers run in the order they are declared, the same in every process (a set's order of
+    # strings is not: ranks would start different collectives, and random draws would move)
+    return {name: plan[name] for name in streams if name in plan}
 
 
 def upgrade_checkpoint(checkpoint: dict) -> dict:
@@ -264,6 +284,9 @@ def upgrade_checkpoint(checkpoint: dict) -> dict:
     if any(k.startswith(tuple(prefixes)) for k in state):
         checkpoint["state_dict"] = {next((new + k[len(old):] for old, new in prefixes.items() if k.startswith(old)),
                                          k): v for k, v in state.items()}
+    for key, value in checkpoint.get("state_dict", {}).items():  # logit scale / bias: 0-d before, [1] now
+        if key.startswith("objectives.") and key.endswith(("logit_scale", "logit_bias")) and value.ndim == 0:
+            checkpoint["state_dict"][key] = value.reshape(1)
     hparams = checkpoint.get("hyper_parameters")
     if isinstance(hparams, dict) and "image_tower" in hparams and "towers" not in hparams:
         hparams["towers"] = {"image": hparams.pop("image_tower"), "text": hparams.pop("text_tower")}

@@ -21,11 +21,17 @@ from vlp.eval.features import Features, extract_features
 
 
 def logit_scale(module) -> float:
-    """exp of the first objective's learnt ``logit_scale`` (100, CLIP's cap, when none has one)."""
+    """The first objective's temperature as its forward uses it: exp of its learnt
+    ``logit_scale``, clamped to ``[0, max_logit_scale]`` when it has one (100, CLIP's cap,
+    when no objective has a scale). Every rank must call it: a sharded scale is gathered."""
     for objective in getattr(module, "objectives", []):
         scale = getattr(objective, "logit_scale", None)
         if isinstance(scale, torch.Tensor):
-            return float(scale.detach().float().exp())
+            scale = scale.detach()
+            if hasattr(scale, "full_tensor"):  # a DTensor (FSDP2)
+                scale = scale.full_tensor()
+            top = getattr(objective, "max_logit_scale", None)
+            return float(scale.float().clamp(0, top).exp() if top is not None else scale.float().exp())
     return 100.0
 
 

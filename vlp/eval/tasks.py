@@ -26,6 +26,7 @@ from vlp.errors import VLPError
 from vlp.eval.base import EvalTask
 from vlp.eval.templates import TEMPLATE_SETS
 
+
 def tasks_root() -> Path:
     return Path(str(resources.files("vlp.data") / "tasks"))
 

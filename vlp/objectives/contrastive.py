@@ -46,7 +46,7 @@ class ContrastiveLoss(Objective):
         label_smoothing: float = 0.0,
     ):
         super().__init__(weight, name)
-        self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)), requires_grad=learn_logit_scale)
+        self.logit_scale = nn.Parameter(torch.tensor([float(init_logit_scale)]), requires_grad=learn_logit_scale)
         self.max_logit_scale = max_logit_scale
         self.label_smoothing = label_smoothing
 
@@ -57,7 +57,7 @@ class ContrastiveLoss(Objective):
         image, text = F.normalize(outputs["image"].pooled, dim=-1), F.normalize(outputs["text"].pooled, dim=-1)
         rank, _ = rank_and_world()
         all_image, all_text = all_gather_with_grad(image), all_gather_with_grad(text)
-        scale = self.logit_scale.clamp(0, self.max_logit_scale).exp()
+        scale = self.logit_scale.clamp(0, self.max_logit_scale).exp().squeeze(0)  # [1] (FSDP2 shards no 0-d tensor)
         logits_per_image = scale * image @ all_text.T
         logits_per_text = scale * text @ all_image.T
         labels = torch.arange(image.shape[0], device=image.device) + rank * image.shape[0]

@@ -38,8 +38,8 @@ class SigmoidLoss(Objective):
     def __init__(self, weight: float = 1.0, name: str | None = None, init_logit_scale: float = math.log(10),
                  init_logit_bias: float = -10.0, max_logit_scale: float = math.log(100)):
         super().__init__(weight, name)
-        self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
-        self.logit_bias = nn.Parameter(torch.tensor(float(init_logit_bias)))
+        self.logit_scale = nn.Parameter(torch.tensor([float(init_logit_scale)]))
+        self.logit_bias = nn.Parameter(torch.tensor([float(init_logit_bias)]))
         self.max_logit_scale = max_logit_scale
 
     def attach(self, towers) -> None:
@@ -49,10 +49,11 @@ class SigmoidLoss(Objective):
         image, text = F.normalize(outputs["image"].pooled, dim=-1), F.normalize(outputs["text"].pooled, dim=-1)
         rank, _ = rank_and_world()
         all_text = all_gather_with_grad(text)
-        scale = self.logit_scale.clamp(0, self.max_logit_scale).exp()
-        logits = scale * image @ all_text.T + self.logit_bias  # [B_local, B_total]
+        scale = self.logit_scale.clamp(0, self.max_logit_scale).exp().squeeze(0)  # [1] (FSDP2 shards no 0-d tensor)
+        bias = self.logit_bias.squeeze(0)
+        logits = scale * image @ all_text.T + bias  # [B_local, B_total]
         labels = -torch.ones_like(logits)
         rows = torch.arange(image.shape[0], device=image.device)
         labels[rows, rows + rank * image.shape[0]] = 1.0
         loss = -F.logsigmoid(labels * logits).sum(dim=1).mean()
-        return loss, {"logit_scale": scale.detach(), "logit_bias": self.logit_bias.detach()}
+        return loss, {"logit_scale": scale.detach(), "logit_bias": bias.detach()}

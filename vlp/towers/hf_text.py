@@ -83,6 +83,11 @@ class HFTextTower(nn.Module):
         self.pad_id = spec.pad_id
         self.text_spec = spec
 
+    def shard_units(self) -> list[nn.Module]:
+        """The encoder's layers (BERT-like models), each its own sharding unit."""
+        layers = getattr(getattr(self.transformer, "encoder", None), "layer", None)
+        return list(layers) if isinstance(layers, nn.ModuleList) else []
+
     def forward(self, text: torch.Tensor, tokens: bool = True) -> TowerOutput:
         """``tokens=False`` leaves ``tokens`` out of the output (the encoder runs in full)."""
         mask = text != self.pad_id

@@ -131,6 +131,10 @@ class TextTransformer(nn.Module):
         self.pad_id = spec.pad_id
         self.text_spec = spec
 
+    def shard_units(self) -> list[nn.Module]:
+        """The transformer blocks, each its own sharding unit."""
+        return list(self.blocks)
+
     def forward(self, text: torch.Tensor, tokens: bool = True) -> TowerOutput:
         """``tokens=False``: no ``tokens`` in the output, and the last block runs at the pooled
         position only (through its normal call, so wrapped blocks work; vlp.towers.pooled),

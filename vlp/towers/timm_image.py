@@ -230,6 +230,11 @@ class TimmImageTower(nn.Module):
                 and isinstance(blocks[-1], first_token_block_class())
                 and not getattr(self.trunk, "grad_checkpointing", False))
 
+    def shard_units(self) -> list[nn.Module]:
+        """The trunk's transformer blocks (ViT, Mixer), each its own sharding unit; none for CNNs."""
+        blocks = getattr(self.trunk, "blocks", None)
+        return list(blocks) if isinstance(blocks, (nn.Sequential, nn.ModuleList)) else []
+
     @property
     def prefix_tokens(self) -> int:
         """Leading non-content tokens of ``tokens``: timm's class and register tokens (ViT),
