@@ -3,9 +3,12 @@
 import pytest
 import torch
 from lightning.pytorch import LightningDataModule, Trainer
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 from tests.test_text_spec import xlmr_like_tokenizer
 from vlp.callbacks import ThroughputMonitor
+from vlp.callbacks.throughput import meta_copy, training_flops
 from vlp.data.text_spec import bind_parts
 from vlp.errors import VLPError
 
@@ -50,3 +53,18 @@ def test_throughput_monitor_needs_the_tokenizers_spec(tiny_module):
     loader = torch.utils.data.DataLoader([{"image": torch.zeros(2, 3, 32, 32)}], batch_size=None)
     with pytest.raises(VLPError, match="ThroughputMonitor counts text tokens with the tokenizer's pad id"):
         _trainer(ThroughputMonitor()).fit(tiny_module, train_dataloaders=loader)
+
+
+def test_flops_per_sample_are_those_of_a_real_training_step(tiny_module):
+    # counted on a meta-device copy: the same count as a real forward + backward on the sample
+    # (attention through the math kernel, the one whose FLOPs torch's counter sees on a CPU),
+    # and the module's gradients and the RNG are left as they were
+    sample = {"image": torch.randn(4, 3, 32, 32), "text": torch.randint(3, 100, (4, 16))}
+    rng = torch.get_rng_state()
+    counted = training_flops(meta_copy(tiny_module), sample)
+    assert torch.equal(rng, torch.get_rng_state())
+    assert all(p.grad is None for p in tiny_module.parameters())
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as real:
+        outputs = tiny_module(sample)
+        sum(o.weight * o(outputs, sample)[0] for o in tiny_module.objectives).backward()
+    assert counted == real.get_total_flops() > 0

@@ -261,7 +261,7 @@ def check_batch_fields(model, datamodule) -> None:
     missing = needs() - fields
     if missing:
         readers = [o.name for o in model.objectives
-                   if missing & ({r.split(".")[0] for r in o.reads} | set(o.fields))]
+                   if missing & ({model.inputs[r.split(".")[0]] for r in o.reads} | set(o.fields))]
         raise VLPError(f"objective {', '.join(readers)} reads batch fields {sorted(missing)}, which this data "
                        f"pipeline does not make (it makes {sorted(fields)})")
 

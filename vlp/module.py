@@ -52,6 +52,8 @@ class VLPModule(LightningModule):
         share: more names for a tower: ``{views: image}`` runs the ``image`` tower on the batch
             field ``views`` (SLIP's augmented views); ``{text: image}`` makes one tower read
             both fields (CLIPPO). A shared name holds no parameters of its own.
+        inputs: the batch field a name reads when it is not the name itself: ``{aux: text}``
+            runs the tower ``aux`` on ``batch["text"]``.
         step: how a batch becomes gradients (vlp.step; default PlainStep).
 
     The module runs exactly the towers and outputs that the objectives read: a name no
@@ -67,6 +69,7 @@ class VLPModule(LightningModule):
         objectives: list[Objective],
         optim: OptimConfig | None = None,
         share: dict[str, str] | None = None,
+        inputs: dict[str, str] | None = None,
         step: TrainStep | None = None,
     ):
         super().__init__()
@@ -90,6 +93,11 @@ class VLPModule(LightningModule):
         self.towers = nn.ModuleDict(towers)
         self.share = share
         streams = {name: self.towers[share.get(name, name)] for name in [*towers, *share]}
+        unknown = sorted(set(inputs or {}) - set(streams))
+        if unknown:
+            raise VLPError(f"model.inputs names {unknown}, which are neither towers nor shared names "
+                           f"(the names: {sorted(streams)})")
+        self.inputs = {name: (inputs or {}).get(name, name) for name in streams}
         for objective in objectives:
             objective.attach(streams)
         self.objectives = nn.ModuleList(objectives)
@@ -106,7 +114,7 @@ class VLPModule(LightningModule):
 
     def batch_fields(self) -> set[str]:
         """The batch fields the objectives need (the towers' inputs and their own fields)."""
-        return set(self.reads) | {f for o in self.objectives for f in o.fields}
+        return {self.inputs[name] for name in self.reads} | {f for o in self.objectives for f in o.fields}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # RNG states of every rank (Lightning keeps none), so that a resumed run draws the
@@ -142,8 +150,9 @@ class VLPModule(LightningModule):
         # DeepSpeed), whose forward is a collective
         replicated = isinstance(self.trainer.strategy, (SingleDeviceStrategy, DDPStrategy))
         if self.example_input_array is None and callable(example) and replicated:
-            sample = {k: v for k, v in example().items() if k in self.reads}
-            if set(sample) == set(self.reads):
+            fields = {self.inputs[name] for name in self.reads}
+            sample = {k: v for k, v in example().items() if k in fields}
+            if set(sample) == fields:
                 self.example_input_array = (self.trainer.precision_plugin.convert_input(sample),)
 
     def run_tower(self, name: str, x: torch.Tensor, tokens: bool) -> TowerOutput:
@@ -170,9 +179,10 @@ class VLPModule(LightningModule):
         reads = self.reads if reads is None else reads
         outputs = {}
         for name, parts in reads.items():
-            if name not in batch:
-                raise VLPError(f"the batch has no field {name!r}, which the objectives read (it has {sorted(batch)})")
-            outputs[name] = self.run_tower(name, batch[name], tokens=bool(parts & TOKEN_PARTS))
+            field = self.inputs[name]
+            if field not in batch:
+                raise VLPError(f"the batch has no field {field!r}, which the objectives read (it has {sorted(batch)})")
+            outputs[name] = self.run_tower(name, batch[field], tokens=bool(parts & TOKEN_PARTS))
         return outputs
 
     def objective_loss(self, outputs: dict[str, TowerOutput], batch: dict) -> torch.Tensor:

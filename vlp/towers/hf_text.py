@@ -68,6 +68,7 @@ class HFTextTower(nn.Module):
         self.pad_id = pad_id if pad_id is not None else model_pad if model_pad is not None else 0
         self.text_spec: TextSpec | None = None
         self.embed_dim = embed_dim
+        self.width = width  # of features and tokens
         self.proj = make_projection(proj, width, embed_dim)
 
     def bind_text_spec(self, spec: TextSpec) -> None:

@@ -101,6 +101,7 @@ class TextTransformer(nn.Module):
         self.pad_id = 0 if pad_id is None else pad_id
         self.text_spec: TextSpec | None = None
         self.embed_dim = embed_dim
+        self.width = width  # of features and tokens
         self.token_embedding = nn.Embedding(vocab_size, width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
         self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio) for _ in range(layers))
