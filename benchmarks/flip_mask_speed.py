@@ -37,7 +37,7 @@ def main() -> None:
     cli = run_cli(["--recipe", args.recipe, "--trainer.logger", "false", "--trainer.strategy", "auto",
                    "--trainer.devices", "1", *extra], run=False)
     model, data = cli.model.to(args.device).train(), cli.datamodule
-    tower = model.image_tower
+    tower = model.towers.image
     size = data.image_size
     g = torch.Generator().manual_seed(0)
     batch = {"image": torch.randn(args.batch_size, 3, size, size, generator=g).to(args.device),

@@ -84,8 +84,7 @@ def count(args: list[str]) -> dict:
 
     i = args.index("--trainer.default_root_dir")
     cli = run_cli(args[:i] + args[i + 2:] + ["--trainer.logger", "false"], run=False)
-    towers = [cli.model.image_tower, cli.model.text_tower]
-    return {"params": sum(p.numel() for t in towers for p in t.parameters()),
+    return {"params": sum(p.numel() for p in cli.model.towers.parameters()),
             "pairs": sum(count_samples(s) for s in cli.datamodule.shards)}
 
 

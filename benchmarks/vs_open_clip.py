@@ -80,9 +80,7 @@ def vlp_trainer(module, total):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
-        for objective in module.objectives:
-            objective.after_optimizer_step()
+        sched.step()  # the logit scale is clamped in the objective's forward
         return loss.detach()
     return step
 
