@@ -14,6 +14,7 @@ import time
 import torch
 from lightning.fabric.utilities.throughput import Throughput, get_available_flops, measure_flops
 from lightning.pytorch import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch import nn
 
@@ -112,10 +113,16 @@ class ThroughputMonitor(Callback):
         self._restart(trainer)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self._meta_module is not None:
+        if self._meta_module is None:
+            return
+        try:
             self.flops_per_sample = training_flops(self._meta_module, batch) / batch["image"].shape[0]
-            self._meta_module = None
-            self._restart(trainer)  # the count's time is no step's
+        except (RuntimeError, NotImplementedError) as e:  # meta tensors have shapes, no values
+            rank_zero_warn(f"ThroughputMonitor logs no flops_per_sample or mfu: the model does not run on the meta "
+                           f"device, where FLOPs are counted (a tower that reads tensor values, as transformers' "
+                           f"attention masks do): {e}")
+        self._meta_module = None
+        self._restart(trainer)  # the count's time is no step's
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step

@@ -25,6 +25,6 @@ class TokenMatch(Objective):
         aux, views = outputs["aux"], outputs["views"]
         mask = aux.token_mask.unsqueeze(-1).to(aux.tokens.dtype)
         text = self.proj((aux.tokens * mask).sum(1) / mask.sum(1).clamp(min=1))  # [B, E]
-        image = views.pooled.mean(0)  # [2, B, E] -> [B, E]
+        image = views.pooled.mean(1)  # [B, 2, E] -> [B, E]
         self.seen.append((tuple(aux.tokens.shape), tuple(views.pooled.shape)))
         return (F.normalize(text, dim=-1) - F.normalize(image, dim=-1)).pow(2).sum(-1).mean(), {}

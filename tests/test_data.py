@@ -188,3 +188,20 @@ def test_data_never_imports_eval():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not any(n == "vlp.eval" or n.startswith("vlp.eval.") for n in names), path.name
+
+
+def test_a_training_batch_splits_along_its_batch_dimension():
+    from vlp.data.batch import batch_size, split_batch
+
+    dm = VLPDataModule(batch_size=5, num_workers=0, image_size=32, context_length=16, seed=0, train_num_samples=10,
+                       ssl_views=True)
+    batch = next(iter(dm.train_dataloader()))
+    batch.pop("_state")
+    assert batch_size(batch) == 5
+    chunks = split_batch(batch, 2)
+    assert [batch_size(c) for c in chunks] == [2, 2, 1]
+    for key in ("image", "text", "views"):
+        assert torch.equal(torch.cat([c[key] for c in chunks]), batch[key]), key
+    assert sum((c["caption"] for c in chunks), []) == batch["caption"]
+    with pytest.raises(VLPError, match=r"batch fields disagree on the batch size \(batch dimension first\)"):
+        batch_size({"image": torch.zeros(4, 3), "views": torch.zeros(2, 4, 3)})

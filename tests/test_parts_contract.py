@@ -71,11 +71,11 @@ def test_every_tower_keeps_the_output_contract(kind):
 
 
 def test_a_flattened_field_comes_back_in_its_own_shape(tiny_module):
-    views = torch.randn(2, 3, 3, 32, 32)
+    views = torch.randn(3, 2, 3, 32, 32)  # [B, 2 views, 3, H, W]
     out = tiny_module.run_tower("image", views, tokens=True)
-    assert out.pooled.shape == (2, 3, 64) and out.tokens.shape == (2, 3, 17, 64)
-    alone = tiny_module.run_tower("image", views[1], tokens=True)
-    assert torch.allclose(out.pooled[1], alone.pooled, atol=1e-5)
+    assert out.pooled.shape == (3, 2, 64) and out.tokens.shape == (3, 2, 17, 64)
+    alone = tiny_module.run_tower("image", views[:, 1], tokens=True)
+    assert torch.allclose(out.pooled[:, 1], alone.pooled, atol=1e-5)
 
 
 THREE_TOWERS = """
@@ -111,7 +111,7 @@ def test_three_towers_and_an_outside_objective_train_through_the_cli(tmp_path):
     assert model.reads == {"image": {"pooled"}, "text": {"pooled"}, "aux": {"tokens", "token_mask"},
                            "views": {"pooled"}}
     match = model.objectives[1]
-    assert match.seen[0] == ((8, 16, 32), (2, 8, 64))  # aux tokens [B, L, W]; views pooled [2, B, E]
+    assert match.seen[0] == ((8, 16, 32), (8, 2, 64))  # aux tokens [B, L, W]; views pooled [B, 2, E]
     # the third tower and the outside objective's own module learned
     assert model.towers.aux.token_embedding.weight.grad is not None
     assert match.proj.weight.grad is not None and match.proj.weight.grad.abs().sum() > 0
@@ -137,7 +137,7 @@ def test_every_objective_keeps_the_objective_contract(tiny_module, name):
     module = VLPModule(dict(tiny_module.towers), [objective], share={"views": "image"})
     assert all(r.partition(".")[2] in PARTS for r in objective.reads)
     batch = _batch(6)
-    batch["views"] = torch.randn(2, 6, 3, 32, 32)
+    batch["views"] = torch.randn(6, 2, 3, 32, 32)
     ran = []
     for tower_name, tower in module.towers.items():
         tower.register_forward_hook(lambda m, a, o, n=tower_name: ran.append(n))

@@ -96,8 +96,8 @@ def test_views_are_made_only_when_asked_and_reach_the_objective(tiny_module):
     dm = VLPDataModule(batch_size=4, num_workers=0, image_size=32, context_length=16, seed=0, train_num_samples=8,
                        ssl_views=True)
     batch = next(iter(dm.train_dataloader()))
-    assert batch["views"].shape == (2, 4, 3, 32, 32) and "views" in dm.batch_fields()
-    assert not torch.equal(batch["views"][0], batch["views"][1])  # two different augmentations
+    assert batch["views"].shape == (4, 2, 3, 32, 32) and "views" in dm.batch_fields()
+    assert not torch.equal(batch["views"][:, 0], batch["views"][:, 1])  # two different augmentations
 
     from vlp.module import VLPModule
     from vlp.objectives import ContrastiveLoss

@@ -55,10 +55,13 @@ def test_throughput_monitor_needs_the_tokenizers_spec(tiny_module):
         _trainer(ThroughputMonitor()).fit(tiny_module, train_dataloaders=loader)
 
 
-def test_flops_per_sample_are_those_of_a_real_training_step(tiny_module):
+@pytest.mark.parametrize("frozen_image_tower", [False, True])
+def test_flops_per_sample_are_those_of_a_real_training_step(tiny_module, frozen_image_tower):
     # counted on a meta-device copy: the same count as a real forward + backward on the sample
-    # (attention through the math kernel, the one whose FLOPs torch's counter sees on a CPU),
-    # and the module's gradients and the RNG are left as they were
+    # (attention through the math kernel, the one whose FLOPs torch's counter sees on a CPU;
+    # a frozen tower, as LiT's, gets no weight gradients), and the module's gradients and the
+    # RNG are left as they were
+    tiny_module.towers["image"].requires_grad_(not frozen_image_tower)
     sample = {"image": torch.randn(4, 3, 32, 32), "text": torch.randint(3, 100, (4, 16))}
     rng = torch.get_rng_state()
     counted = training_flops(meta_copy(tiny_module), sample)

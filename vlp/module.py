@@ -59,8 +59,8 @@ class VLPModule(LightningModule):
     The module runs exactly the towers and outputs that the objectives read: a name no
     objective reads is not run, and a tower runs its pooled-only pass (vlp.towers.pooled)
     when no objective reads its ``tokens``. A field with more leading dimensions than the
-    tower takes (``views [2, B, 3, H, W]`` for a tower of ``input_ndim`` 4) is flattened into
-    the batch dimension and the outputs are split back.
+    tower takes (``views [B, 2, 3, H, W]`` for a tower of ``input_ndim`` 4) is flattened into
+    the batch dimension and the outputs are split back (``[B, 2, ...]``).
     """
 
     def __init__(

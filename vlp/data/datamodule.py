@@ -80,7 +80,7 @@ class VLPDataModule(LightningDataModule):
         randaugment: timm RandAugment string for training images (AugReg), e.g.
             ``rand-m10-n2``; None = none.
         ssl_views: also make SLIP's two SimCLR views of every image (``batch["views"]``,
-            ``[2, B, 3, H, W]``); only when an objective needs them.
+            ``[B, 2, 3, H, W]``); only when an objective needs them.
         ssl_crop_scale: area range of the views' random resized crop.
 
     Bad samples are skipped and counted by reason, odd image modes converted and counted
@@ -209,7 +209,7 @@ class VLPDataModule(LightningDataModule):
         size = self.image_size
         batch = {"image": torch.zeros(1, 3, size, size), "text": self.tokenizer(["a sample caption"])}
         if self.ssl_views:
-            batch["views"] = torch.zeros(2, 1, 3, size, size)
+            batch["views"] = torch.zeros(1, 2, 3, size, size)
         return batch
 
     def batch_fields(self) -> frozenset[str]:

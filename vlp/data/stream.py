@@ -227,6 +227,6 @@ class ShardStream(IterableDataset):
         images, captions, *views = zip(*items)
         batch = {"image": torch.stack(images), "text": self.tokenizer(list(captions)), "caption": list(captions),
                  "_state": state}
-        if views:  # [2, B, 3, H, W]: the two SimCLR views of every image
-            batch["views"] = torch.stack(views[0], dim=1)
+        if views:  # [B, 2, 3, H, W]: the two SimCLR views of every image (batch dimension first)
+            batch["views"] = torch.stack(views[0])
         return batch

@@ -25,7 +25,8 @@ class SimCLRLoss(Objective):
     """NT-Xent over two augmented views of every image.
 
     The views (``batch["views"]``, made by the DataModule with ``data.ssl_views: true``) go
-    through the image tower shared under the name ``views`` (``model.share: {views: image}``); its pooled features (before the CLIP projection) go
+    through the image tower shared under the name ``views`` (``model.share: {views: image}``);
+    its pooled features (before the CLIP projection) go
     through a 3-layer MLP with batch norm (SLIP: 4096 hidden, 256 out), are normalised, and
     ``loss = (CE([a b^T, a a^T - big I] / t, y) + CE([b a^T, b b^T - big I] / t, y)) / 2``
     with temperature ``t = 0.1``: each view's positive is the other view of its image, its
@@ -60,9 +61,9 @@ class SimCLRLoss(Objective):
         self.mlp = slip_mlp(width, self.mlp_dim, self.out_dim, self.batch_norm)
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        features = outputs["views"].features  # [2, B, width]
-        q_a = F.normalize(self.mlp(features[0]), dim=-1)
-        q_b = F.normalize(self.mlp(features[1]), dim=-1)
+        features = outputs["views"].features  # [B, 2, width]
+        q_a = F.normalize(self.mlp(features[:, 0]), dim=-1)
+        q_b = F.normalize(self.mlp(features[:, 1]), dim=-1)
         return nt_xent(q_a, q_b, self.temperature)
 
 

@@ -27,7 +27,7 @@ class TowerOutput:
     prefix_tokens: int = 0
 
     def unflatten(self, lead: tuple[int, ...]) -> TowerOutput:
-        """Split the batch dimension back into ``lead`` (a tower run on ``[2, B, ...]`` views
-        flattened to ``[2B, ...]`` gives outputs of shape ``[2, B, ...]``)."""
+        """Split the batch dimension back into ``lead`` (a tower run on ``[B, 2, ...]`` views
+        flattened to ``[2B, ...]`` gives outputs of shape ``[B, 2, ...]``)."""
         return replace(self, **{f.name: getattr(self, f.name).unflatten(0, lead) for f in fields(self)
                                 if torch.is_tensor(getattr(self, f.name))})
