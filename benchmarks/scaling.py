@@ -12,7 +12,8 @@ nested). Every (model, subset) pair trains ``--steps`` steps of batch 64 with cl
 optimiser and schedule through `vlp fit` (a subprocess each); its EvalTasks callback evaluates
 retrieval and category zero-shot on google test (385 unseen concepts) ``--points`` times, which
 gives each run a learning curve; vlp's ThroughputMonitor counts the training FLOPs per sample
-(forward + backward, torch's FlopCounterMode: what actually runs).
+(forward + backward of the towers and objectives on the first batch's shapes, attention
+included: Lightning's measure_flops on a meta-device copy of the model).
 
 Errors (the study's choice of metrics): retrieval error = 1 - mean of image->text and
 text->image recall@5; zero-shot error = 1 - category top1 (9 classes). Fits, each a pure

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from vlp.optim import OptimConfig, build_optimizer, lr_factor, param_groups
+from vlp.optim import OptimConfig, build_optimizer, lr_factor, no_decay_names, param_groups
 
 
 def test_no_weight_decay_on_biases_norms_scalars_and_frozen(tiny_module):
@@ -20,6 +20,23 @@ def test_no_weight_decay_on_biases_norms_scalars_and_frozen(tiny_module):
     assert id(named["towers.text.blocks.0.attn.qkv.weight"]) in decay_ids
     assert id(named["towers.text.token_embedding.weight"]) not in decay_ids | no_decay_ids
     assert decay["weight_decay"] == 0.2 and no_decay["weight_decay"] == 0.0
+
+
+def test_groups_are_timms_given_the_nested_no_weight_decay_names(tiny_module):
+    # timm's grouping, the reference, reads only the top module's no_weight_decay(): alone it
+    # would decay the nested ViT's cls_token; given vlp's nested names it groups as vlp does
+    from timm.optim import param_groups_weight_decay
+
+    def by_decay(groups):
+        return {g["weight_decay"]: [id(p) for p in g["params"]] for g in groups}
+
+    tiny_module.towers.text.token_embedding.weight.requires_grad_(False)
+    ours = param_groups(tiny_module, 0.2)
+    assert [g["weight_decay"] for g in ours] == [0.2, 0.0]  # the optimiser state order of checkpoints
+    names = no_decay_names(tiny_module)
+    assert by_decay(ours) == by_decay(param_groups_weight_decay(tiny_module, 0.2, no_weight_decay_list=names))
+    cls_token = id(dict(tiny_module.named_parameters())["towers.image.trunk.cls_token"])
+    assert cls_token in by_decay(param_groups_weight_decay(tiny_module, 0.2))[0.2]
 
 
 def test_warmup_then_cosine_matches_open_clip_formula():

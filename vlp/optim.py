@@ -64,7 +64,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: decay for weight matrices; none for tensors with fewer than 2
     dims (biases, norm gains, scalars such as logit scales; open_clip's rule) and
     for the tokens and embeddings timm marks with ``no_weight_decay()``.
-    Frozen parameters are left out."""
+    Frozen parameters are left out. Not timm's ``param_groups_weight_decay`` (or
+    ``create_optimizer_v2``): it reads only the top model's ``no_weight_decay()``, so a timm
+    ViT nested under ``towers.image.trunk`` would get its 3-d ``cls_token`` and ``pos_embed``
+    decayed, and it puts the no-decay group first, so that existing checkpoints (whose AdamW
+    state follows the group order) would not resume (given the nested names, it groups as here)."""
     skip = no_decay_names(model)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
