@@ -166,6 +166,7 @@ def test_clip_vit_b16_runs_a_step_on_cpu(tmp_path):
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
 
 
+@pytest.mark.slow
 def test_fit_on_two_cpu_processes(tmp_path):
     """DDP with gloo through the real CLI: both ranks take the same number of steps."""
     cmd = [sys.executable, "-m", "vlp.cli", "fit", "--recipe", "clip_tiny", *TINY, "--trainer.max_steps", "3",

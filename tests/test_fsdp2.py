@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -80,6 +81,7 @@ def _losses(root: Path) -> dict[int, float]:
         return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
 
 
+@pytest.mark.slow
 def test_fit_under_fsdp2_gives_the_ddp_losses(tmp_path):
     fsdp2 = ("{class_path: lightning.pytorch.strategies.ModelParallelStrategy, "
              "init_args: {data_parallel_size: 2, tensor_parallel_size: 1}}")

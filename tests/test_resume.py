@@ -77,6 +77,7 @@ def _assert_resumed_exactly(got: dict, expected: dict, start: int) -> None:
         assert loss == expected[step], (step, loss, expected[step])  # bit-exact
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers, ranks, form, kills", [
     (0, 1, EPOCHS, (6, 26)),  # killed in epoch 0 and in epoch 1
     (2, 1, EPOCHS, (6, 26)),
@@ -108,6 +109,7 @@ def test_sigkill_and_resume_give_the_uninterrupted_losses(tmp_path, workers, ran
         _assert_resumed_exactly(_losses(run / "clip_tiny" / "version_1"), expected, killed_at)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_after_the_step_and_the_run_resumes_exactly(tmp_path):
     """SLURM's preemption: SIGTERM to the whole process group (main process and data workers)."""
     _run(_cmd(tmp_path / "ref", 2, *EPOCHS, every=100))
@@ -165,6 +167,7 @@ class FailAt(Callback):
             raise RuntimeError(f"planted failure at step {self.step}")
 
 
+@pytest.mark.slow
 def test_an_error_saves_the_last_completed_step_and_the_run_resumes_exactly(tmp_path):
     # flip_tiny: its masks draw from the RNG in the step, so the saved RNG state matters too
     fail = "{class_path: tests.test_resume.FailAt, init_args: {step: 7}}"
@@ -181,6 +184,7 @@ def test_an_error_saves_the_last_completed_step_and_the_run_resumes_exactly(tmp_
     _assert_resumed_exactly(_losses(run / "flip_tiny" / "version_1"), expected, 7)
 
 
+@pytest.mark.slow
 def test_ckpt_path_last_takes_only_the_same_recipe(tmp_path):
     steps = ("--trainer.max_steps", "4", "--trainer.max_epochs", "-1")
     _run(_cmd(tmp_path, 0, *steps))  # clip_tiny: runs/clip_tiny/version_0, step 4
@@ -238,6 +242,7 @@ def test_checkpoint_files_follow_the_umask(tmp_path):
     assert stat.S_IMODE((tmp_path / "a.ckpt").stat().st_mode) == 0o640  # not mkstemp's 0600
 
 
+@pytest.mark.slow
 def test_resampled_stream_resumes_at_a_fresh_position_and_says_so(tmp_path):
     steps = ("--trainer.max_epochs", "-1", "--data.resampled", "true")
     _run(_cmd(tmp_path, 0, *steps, "--trainer.max_steps", "4"))
