@@ -51,7 +51,8 @@ class ThroughputMonitor(Callback):
 
     - ``throughput/samples_per_s``: image-text pairs per second, all ranks;
     - ``throughput/text_tokens_per_s``: non-padding caption tokens per second, all ranks (the pad
-      id is the one of the datamodule's tokenizer, ``tokenizer.spec``);
+      id is the one of the datamodule's tokenizer, ``tokenizer.spec``; not logged when the captions
+      are rendered as images, CLIPPO's ``data.text_renderer``);
     - ``throughput/step_s``: seconds per step;
     - ``throughput/flops_per_sample``: forward + backward FLOPs of the towers and objectives per
       pair (training_flops on the first batch's shapes, divided by its size; a full batch
@@ -68,6 +69,7 @@ class ThroughputMonitor(Callback):
         self.warmup_steps = warmup_steps
         self.peak_flops = peak_flops
         self.pad_id: int | None = None  # the tokenizer's, read in setup
+        self._count_tokens = True  # False when the captions are rendered (no tokens)
         self.flops_per_sample: float | None = None
         self._meta_module: nn.Module | None = None  # copied at setup, counted on the first batch
         self._throughput: Throughput | None = None
@@ -85,10 +87,11 @@ class ThroughputMonitor(Callback):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         spec = getattr(getattr(trainer.datamodule, "tokenizer", None), "spec", None)
-        if spec is None:
+        self._count_tokens = getattr(trainer.datamodule, "text_renderer", None) is None
+        if spec is None and self._count_tokens:
             raise VLPError("ThroughputMonitor counts text tokens with the tokenizer's pad id, but the datamodule "
                            "has no tokenizer with a spec (vlp.data.text_spec.TextSpec)")
-        self.pad_id = spec.pad_id
+        self.pad_id = spec.pad_id if spec is not None else None
         if stage != "fit":
             return
         # copied before the strategy moves, wraps or shards the module; in the dtype of the
@@ -133,18 +136,20 @@ class ThroughputMonitor(Callback):
         self._batches += 1
         self._samples += samples
         self._since_log += samples
-        self._tokens = self._tokens + (batch["text"] != self.pad_id).sum()
+        if self._count_tokens:
+            self._tokens = self._tokens + (batch["text"] != self.pad_id).sum()
         if self._batches % self.log_every_n_steps:
             return
-        tokens = int(self._tokens)
+        tokens = int(self._tokens) if self._count_tokens else None
         flops = self.flops_per_sample * self._since_log if self.flops_per_sample else None
         self._throughput.update(time=self._clock(trainer) - self._start, batches=self._batches,
                                 samples=self._samples, lengths=tokens, flops=flops)
         self._since_log = 0
         rates, world = self._throughput.compute(), trainer.world_size
         metrics = {"throughput/samples_per_s": rates["device/samples_per_sec"] * world,
-                   "throughput/text_tokens_per_s": rates["device/items_per_sec"] * world,
                    "throughput/step_s": 1 / rates["device/batches_per_sec"]}
+        if "device/items_per_sec" in rates:
+            metrics["throughput/text_tokens_per_s"] = rates["device/items_per_sec"] * world
         if self.flops_per_sample:
             metrics["throughput/flops_per_sample"] = self.flops_per_sample
             if "device/mfu" in rates:

@@ -30,8 +30,13 @@ TINY_ALIGN = [
 ]
 
 
+# The same for CLIPPO recipes: one image tower reads images and rendered captions (no text tower).
+TINY_CLIPPO = [arg for i, arg in enumerate(TINY)
+               if not (arg.startswith("--model.towers.text") or TINY[i - 1].startswith("--model.towers.text"))]
+
+
 def tiny_overrides(recipe: str) -> list[str]:
-    return TINY_ALIGN if recipe.startswith("align") else TINY
+    return TINY_ALIGN if recipe.startswith("align") else TINY_CLIPPO if recipe.startswith("clippo") else TINY
 
 
 @pytest.fixture(autouse=True)

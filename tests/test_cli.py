@@ -75,7 +75,7 @@ def test_tokenizer_longer_than_the_text_tower(capsys):
 def test_the_tokenizers_pad_id_reaches_the_text_tower(tmp_path):
     """An XLM-R-like tokenizer (pad 1, start 0) given as data: the tower masks with 1, found
     among the model's parts (no tower named in the code)."""
-    from tests.test_text_spec import xlmr_like_tokenizer
+    from tests.data.test_text_spec import xlmr_like_tokenizer
     from vlp.towers import TextTransformer
 
     xlmr_like_tokenizer(tmp_path)

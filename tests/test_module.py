@@ -4,6 +4,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
+from tests.conftest import TINY
 from vlp.data.tokenizer import TextTokenizer
 from vlp.errors import VLPError
 from vlp.module import VLPModule
@@ -173,3 +174,44 @@ def test_rng_states_round_trip_through_a_checkpoint(tiny_module):
     tiny_module.on_load_checkpoint(ckpt)
     got = (torch.rand(3), random.random(), np.random.rand())
     assert torch.equal(got[0], expected[0]) and got[1:] == expected[1:]
+
+
+THREE_TOWERS = """
+description: three towers, one shared by two names, and an objective from outside vlp
+extends: clip_tiny
+model:
+  towers:
+    aux:
+      class_path: vlp.towers.TextTransformer
+      init_args: {context_length: 16, width: 32, layers: 1, heads: 2, embed_dim: 64}
+  share: {views: image}
+  inputs: {aux: text}
+  objectives:
+    - class_path: vlp.objectives.ContrastiveLoss
+    - class_path: tests.outside_parts.TokenMatch
+      init_args: {weight: 0.5}
+data: {ssl_views: true}
+"""
+
+
+def test_three_towers_and_an_outside_objective_train_through_the_cli(tmp_path):
+    from vlp.cli import run_cli
+
+    recipe = tmp_path / "three.yaml"
+    recipe.write_text(THREE_TOWERS)
+    cli = run_cli(["fit", "--recipe", str(recipe), *TINY, "--data.train_num_samples", "32",
+                   "--trainer.max_steps", "3", "--trainer.max_epochs", "-1", "--trainer.logger", "false",
+                   "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false",
+                   "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)])
+    model = cli.model
+    assert cli.trainer.global_step == 3
+    assert list(model.towers) == ["image", "text", "aux"] and model.share == {"views": "image"}
+    assert model.reads == {"image": {"pooled"}, "text": {"pooled"}, "aux": {"tokens", "token_mask"},
+                           "views": {"pooled"}}
+    match = model.objectives[1]
+    assert match.seen[0] == ((8, 16, 32), (8, 2, 64))  # aux tokens [B, L, W]; views pooled [B, 2, E]
+    # the third tower and the outside objective's own module learned
+    assert model.towers.aux.token_embedding.weight.grad is not None
+    assert match.proj.weight.grad is not None and match.proj.weight.grad.abs().sum() > 0
+    metrics = cli.trainer.callback_metrics
+    assert torch.isfinite(metrics["train/token_match_loss"]) and torch.isfinite(metrics["train/contrastive_loss"])

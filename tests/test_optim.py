@@ -1,7 +1,9 @@
 import math
 
+import pytest
 import torch
 
+from vlp.errors import VLPError
 from vlp.optim import OptimConfig, build_optimizer, lr_factor, no_decay_names, param_groups
 
 
@@ -47,6 +49,21 @@ def test_warmup_then_cosine_matches_open_clip_formula():
     assert math.isclose(lr_factor(60, warmup, total, "cosine"), 0.5)
     assert math.isclose(lr_factor(110, warmup, total, "cosine"), 0.0, abs_tol=1e-12)
     assert lr_factor(50, warmup, total, "constant") == 1.0
+
+
+def test_rsqrt_and_cooldown_match_big_visions_formula():
+    warmup, total, timescale, cooldown = 10, 1000, 100, 200
+
+    def big_vision(step):  # create_learning_rate_schedule(decay_type="rsqrt"), after the warmup
+        return min(1.0, (total - step) / cooldown) / math.sqrt(1 + (step - warmup) / timescale)
+
+    for step in (10, 50, 110, 500, 799, 800, 900, 999):
+        assert math.isclose(lr_factor(step, warmup, total, "rsqrt", timescale, cooldown), big_vision(step))
+    assert math.isclose(lr_factor(110, warmup, total, "rsqrt", timescale), 2 ** -0.5)  # one timescale on
+    assert lr_factor(4, warmup, total, "rsqrt", timescale, cooldown) == 5 / 10  # vlp's warmup
+    assert lr_factor(999, warmup, total, "constant", cooldown_steps=cooldown) == 1 / 200
+    with pytest.raises(VLPError, match="rsqrt_timescale must be >= 1"):
+        OptimConfig(rsqrt_timescale=0)
 
 
 def test_scheduler_drives_the_optimizer_lr(tiny_module):

@@ -50,6 +50,15 @@ def test_changing_class_path_replaces_the_node():
     assert merge(base, {"t": {"class_path": "b.B"}}) == {"t": {"class_path": "b.B"}}
 
 
+def test_null_removes_a_part_of_the_parent_recipe():
+    base = {"towers": {"image": {"class_path": "a.A"}, "text": {"class_path": "b.B", "init_args": {"w": 1}}},
+            "clip": 1.0}
+    merged = merge(base, {"towers": {"text": None}, "clip": None})
+    assert merged == {"towers": {"image": {"class_path": "a.A"}}, "clip": None}  # a plain value is set to null
+    clippo = load_recipe("clippo_tiny")
+    assert list(clippo["model"]["towers"]) == ["image"] and clippo["model"]["share"] == {"text": "image"}
+
+
 def test_extends_cycle_is_an_error(tmp_path):
     (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
@@ -67,7 +76,8 @@ def test_every_shipped_recipe_builds_through_the_real_cli(name):
     unlocked = ["--model.towers.image.init_args.lock", "false"] if name.startswith("lit_") else []
     cli = run_cli(["--recipe", name, *tiny_overrides(name), "--trainer.logger", "false", "--trainer.strategy", "auto",
                    "--trainer.precision", "32-true", "--trainer.devices", "1", *unlocked], run=False)
-    assert cli.model.towers.text.embed_dim == 64
+    text = cli.model.towers[cli.model.share.get("text", "text")]  # CLIPPO: the image tower reads the text
+    assert text.embed_dim == 64
     assert cli.datamodule.batch_size == 8
 
 

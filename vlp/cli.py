@@ -4,6 +4,7 @@
     vlp fit --recipe clip_tiny [--trainer.max_steps 50 --data.batch_size 16 ...]
     vlp fit --recipe path/to/recipe.yaml --print_config
     vlp eval --ckpt PATH --task NAME [--task NAME ...]   (see vlp.eval.command)
+    vlp caption --ckpt PATH IMAGE_OR_SHARDS...          (see vlp.caption)
 
 ``--recipe`` loads and merges the recipe (vlp.recipes) and hands it to LightningCLI
 as its first ``--config``; every later option overrides a recipe value; ``--vars.NAME
@@ -26,7 +27,7 @@ import yaml
 
 from vlp.errors import VLPError
 
-COMMANDS = ("fit", "eval", "recipes")
+COMMANDS = ("fit", "eval", "caption", "recipes")
 
 FIT_USAGE = """\
 usage: vlp fit --recipe NAME|PATH [--KEY VALUE ...] [--vars.NAME VALUE ...]
@@ -54,6 +55,7 @@ Contrastive vision-language pretraining (CLIP and its family) from YAML recipes.
 commands:
   fit       train a recipe (below)
   eval      evaluate checkpoints on eval tasks: vlp eval --ckpt PATH --task NAME (more: vlp eval --help)
+  caption   caption images with a CoCa checkpoint: vlp caption --ckpt PATH IMAGE_OR_SHARDS... (more: vlp caption --help)
   recipes   list the shipped recipes
 
 {FIT_USAGE}"""
@@ -276,6 +278,9 @@ def check_tokenizer(model, datamodule) -> None:
     spec = getattr(tokenizer, "spec", None)
     if spec is None:
         takers = [name for name, part in model.named_modules() if hasattr(part, "bind_text_spec")]
+        if takers and getattr(datamodule, "text_renderer", None) is not None:
+            raise VLPError(f"model.{takers[0]} reads token ids, but data.text_renderer draws the captions as images "
+                           "(CLIPPO: encode them with the image tower, model.share: {text: image})")
         if takers:
             raise VLPError(f"model.{takers[0]} reads token ids but data.tokenizer ({type(tokenizer).__name__}) has no "
                            "spec to give it (a tokenizer owns a vlp.data.text_spec.TextSpec as .spec)")
@@ -440,6 +445,10 @@ def run_cli(argv: list[str], run: bool = True):
         from vlp.eval.command import eval_main
 
         return eval_main(argv[1:])
+    if argv[:1] == ["caption"]:
+        from vlp.caption import caption_main
+
+        return caption_main(argv[1:])
     if argv[:1] == ["recipes"]:
         rows = list_recipes()
         width = max(len(n) for n, _ in rows)

@@ -1,4 +1,5 @@
-"""AdamW with CLIP's weight-decay exclusions, and open_clip's warmup + cosine schedule."""
+"""AdamW with CLIP's weight-decay exclusions, and open_clip's warmup + cosine schedule (or
+linear, constant, or big_vision's reciprocal square root with a cooldown)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,12 @@ class OptimConfig:
         betas, eps: AdamW moments and epsilon (CLIP: 0.9, 0.98, 1e-6).
         warmup_steps: linear warmup from lr/warmup_steps to lr.
         schedule: ``cosine`` (to 0 at the last step, as open_clip), ``linear`` (to 0, as
-            ALIGN) or ``constant``.
+            ALIGN), ``constant``, or ``rsqrt`` (big_vision's: ``1 / sqrt(1 + (step - warmup) /
+            rsqrt_timescale)`` after the warmup, as CLIPPO and the ViT-G / LiT configs).
+        rsqrt_timescale: ``rsqrt`` is at 1/sqrt(2) of the peak this many steps after the
+            warmup (big_vision's ``timescale``).
+        cooldown_steps: linear decay to 0 over the last this many steps, on top of the
+            schedule (big_vision's ``cooldown_steps``, used with ``rsqrt``); 0 = none.
         max_nonfinite_in_row: a step whose loss or gradients are not finite is skipped
             (no parameter update, counted as ``train/nonfinite_skipped``); after more than
             this many in a row the run stops with an error. With 16-mixed precision the
@@ -37,7 +43,9 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     warmup_steps: int = 0
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    schedule: Literal["cosine", "linear", "constant", "rsqrt"] = "cosine"
+    rsqrt_timescale: int = 10_000
+    cooldown_steps: int = 0
     max_nonfinite_in_row: int = 5
     fused: bool | None = None
 
@@ -48,6 +56,9 @@ class OptimConfig:
             raise VLPError(f"model.optim.max_nonfinite_in_row must be >= 0, got {self.max_nonfinite_in_row}")
         if self.warmup_steps < 0:
             raise VLPError(f"model.optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.rsqrt_timescale < 1 or self.cooldown_steps < 0:
+            raise VLPError(f"model.optim.rsqrt_timescale must be >= 1 and cooldown_steps >= 0, got "
+                           f"{self.rsqrt_timescale} and {self.cooldown_steps}")
 
 
 def no_decay_names(model: nn.Module) -> set[str]:
@@ -80,16 +91,21 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
-    """Multiplier of the peak lr at ``step`` (0-based), open_clip's ``cosine_lr``."""
+def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str, rsqrt_timescale: int = 10_000,
+              cooldown_steps: int = 0) -> float:
+    """Multiplier of the peak lr at ``step`` (0-based), open_clip's ``cosine_lr``; ``rsqrt`` and
+    the cooldown as big_vision's ``create_learning_rate_schedule``."""
+    cooldown = min(1.0, (total_steps - step) / cooldown_steps) if cooldown_steps else 1.0
     if step < warmup_steps:
-        return (step + 1) / warmup_steps
+        return (step + 1) / warmup_steps * cooldown
     if schedule == "constant":
-        return 1.0
+        return cooldown
     e, es = step - warmup_steps, max(1, total_steps - warmup_steps)
+    if schedule == "rsqrt":
+        return cooldown / math.sqrt(1 + e / rsqrt_timescale)
     if schedule == "linear":
-        return 1.0 - min(e, es) / es
-    return 0.5 * (1 + math.cos(math.pi * min(e, es) / es))
+        return (1.0 - min(e, es) / es) * cooldown
+    return 0.5 * (1 + math.cos(math.pi * min(e, es) / es)) * cooldown
 
 
 def fused_supported(params) -> bool:
@@ -107,6 +123,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int):
     # not fused: None, not False (torch reads fused=False as "no foreach either": a per-tensor loop)
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: lr_factor(step, cfg.warmup_steps, total_steps, cfg.schedule)
+        opt, lambda step: lr_factor(step, cfg.warmup_steps, total_steps, cfg.schedule, cfg.rsqrt_timescale,
+                                    cfg.cooldown_steps)
     )
     return opt, sched

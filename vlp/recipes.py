@@ -18,7 +18,8 @@ A recipe is a LightningCLI config (``seed_everything``, ``trainer``, ``model``,
 
 Extending merges dictionaries key by key (``vars`` too); a list replaces the list; a
 node whose ``class_path`` changes replaces the node (its old ``init_args`` would not
-fit). omegaconf interpolation (``${model.towers.image.init_args.embed_dim}``,
+fit); ``null`` in place of a part (a node with a ``class_path``) removes it, e.g. CLIPPO's
+``model: {towers: {text: null}}`` drops the text tower of the recipe it extends. omegaconf interpolation (``${model.towers.image.init_args.embed_dim}``,
 ``${vars.NAME}``) is resolved after merging and after the command-line values, so it
 sees the whole recipe.
 """
@@ -87,6 +88,9 @@ def merge(base: Any, over: Any) -> Any:
         return over
     out = dict(base)
     for key, value in over.items():
+        if value is None and isinstance(base.get(key), dict) and "class_path" in base[key]:
+            out.pop(key)  # a part removed (a tower of the parent recipe)
+            continue
         out[key] = merge(base[key], value) if key in base else value
     return out
 

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from vlp.data.decode import CONVERT_REASONS
 from vlp.data.eval_set import EvalData
+from vlp.data.render import TextRenderer
 from vlp.data.shards import count_samples, expand_shards
 from vlp.data.stream import SKIP_REASONS, SampleDecoder, ShardStream
 from vlp.data.tokenizer import HFTokenizer, TextTokenizer
@@ -24,10 +25,19 @@ from vlp.errors import VLPError
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
-    """DataLoader workers ignore Ctrl-C and SIGTERM (sent to the whole process group): the main
-    process finishes its step, saves and stops them (vlp.callbacks.StepCheckpoint)."""
+    """How DataLoader workers take the signals a terminal or SLURM sends to the whole process
+    group: Ctrl-C (SIGINT) is ignored, the main process finishes its step, saves and stops them
+    (vlp.callbacks.StepCheckpoint); SIGTERM ends the worker at once with status 0. The batch of
+    the step under way is already in the main process, so nothing is lost; a worker killed by
+    the signal itself would make torch raise in the main process ("worker killed by signal")
+    before it could save. (Ignoring SIGTERM instead would hang every process exit that
+    terminates and joins its workers.)"""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_quietly)
+
+
+def _exit_quietly(signum, frame) -> None:
+    os._exit(0)
 
 
 class ResumableLoader(DataLoader):
@@ -82,6 +92,12 @@ class VLPDataModule(LightningDataModule):
         ssl_views: also make SLIP's two SimCLR views of every image (``batch["views"]``,
             ``[B, 2, 3, H, W]``); only when an objective needs them.
         ssl_crop_scale: area range of the views' random resized crop.
+        text_renderer: render the captions as images (CLIPPO, vlp.data.render.TextRenderer):
+            ``batch["text"]`` is then ``[B, 3, H, W]``, drawn in the data workers (each caches
+            the captions it drew), and no tokenizer is built (``tokenizer`` must be unset).
+        caption_keys: draw each sample's caption from one of these fields, uniformly (instead
+            of ``caption_key``): members (``txt``) or json paths (``labels.de``); e.g. the nine
+            CLDR labels of the built-in emoji data, one language per sample (multilingual CLIPPO).
 
     Bad samples are skipped and counted by reason, odd image modes converted and counted
     (see vlp.data.stream.SampleDecoder); the counts are logged as ``data/*`` metrics and
@@ -109,12 +125,14 @@ class VLPDataModule(LightningDataModule):
         randaugment: str | None = None,
         ssl_views: bool = False,
         ssl_crop_scale: tuple[float, float] = (0.08, 1.0),
+        text_renderer: TextRenderer | None = None,
+        caption_keys: list[str] | None = None,
     ):
         super().__init__()
         # saved in checkpoints (as the recipe's values under the CLI) so that `vlp eval`
         # rebuilds the tokenizer and eval image size of the run
         built_by_cli = _given_hyperparameters.get() is not None
-        self.save_hyperparameters(ignore=None if built_by_cli else ["tokenizer"])
+        self.save_hyperparameters(ignore=None if built_by_cli else ["tokenizer", "text_renderer"])
         if batch_size < 1:
             raise VLPError(f"data.batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
@@ -126,11 +144,18 @@ class VLPDataModule(LightningDataModule):
         self.num_workers = num_workers
         self.image_size = image_size
         self.crop_scale = tuple(crop_scale)
-        self.tokenizer = tokenizer or TextTokenizer(context_length=context_length)
+        if text_renderer is not None and tokenizer is not None:
+            raise VLPError("data.text_renderer draws the captions as images: leave data.tokenizer unset")
+        self.text_renderer = text_renderer
+        # rendered text needs no tokenizer (and the built-in one is not loaded)
+        self.tokenizer = None if text_renderer is not None else tokenizer or TextTokenizer(context_length=context_length)
         self.shuffle_buffer = shuffle_buffer
         self.resampled = resampled
         self.train_num_samples = train_num_samples
         self.caption_key = caption_key
+        if caption_keys is not None and not caption_keys:
+            raise VLPError("data.caption_keys is empty: give the fields to draw captions from, or leave it unset")
+        self.caption_keys = list(caption_keys) if caption_keys else None
         self.seed = seed
         self.max_bad_fraction = max_bad_fraction
         self.max_image_pixels = max_image_pixels
@@ -192,8 +217,9 @@ class VLPDataModule(LightningDataModule):
             self.seed = int(env) if env is not None else int.from_bytes(os.urandom(4), "little")
         views = ssl_view_transform(self.image_size, self.ssl_crop_scale) if self.ssl_views else None
         decode = SampleDecoder(image_transform(self.image_size, True, self.crop_scale, randaugment=self.randaugment),
-                               self.caption_key, self.max_image_pixels, view_transform=views)
-        stream = ShardStream(self.shards, decode, self.tokenizer, self.batch_size, batches_per_worker=per_worker,
+                               self.caption_key, self.max_image_pixels, view_transform=views,
+                               caption_keys=self.caption_keys)
+        stream = ShardStream(self.shards, decode, self.text_input, self.batch_size, batches_per_worker=per_worker,
                              shuffle_buffer=self.shuffle_buffer, resampled=self.resampled, seed=self.seed)
         stream.length = per_worker * workers
         self._workers = workers
@@ -204,10 +230,10 @@ class VLPDataModule(LightningDataModule):
         return len(self.train_dataloader())
 
     def example_batch(self) -> dict:
-        """One sample in a training batch's shapes (a blank image, a tokenised caption), e.g.
-        for counting the model's FLOPs."""
+        """One sample in a training batch's shapes (a blank image, a tokenised or rendered
+        caption), e.g. for counting the model's FLOPs."""
         size = self.image_size
-        batch = {"image": torch.zeros(1, 3, size, size), "text": self.tokenizer(["a sample caption"])}
+        batch = {"image": torch.zeros(1, 3, size, size), "text": self.text_input(["a sample caption"])}
         if self.ssl_views:
             batch["views"] = torch.zeros(1, 2, 3, size, size)
         return batch
@@ -216,9 +242,16 @@ class VLPDataModule(LightningDataModule):
         """The fields of a training batch (objectives' ``needs`` are checked against them)."""
         return frozenset({"image", "text", "caption"} | ({"views"} if self.ssl_views else set()))
 
+    @property
+    def text_input(self):
+        """Captions -> ``batch["text"]``: the text renderer when there is one, else the tokenizer."""
+        return self.text_renderer if self.text_renderer is not None else self.tokenizer
+
     def eval_data(self, num_workers: int | None = None) -> EvalData:
-        """The tokenizer and eval image size for ``vlp.eval`` (see vlp.data.eval_set)."""
-        return EvalData(self.tokenizer, self.image_size, self.num_workers if num_workers is None else num_workers)
+        """The tokenizer (or text renderer) and eval image size for ``vlp.eval`` (see
+        vlp.data.eval_set)."""
+        return EvalData(self.tokenizer, self.image_size, self.num_workers if num_workers is None else num_workers,
+                        renderer=self.text_renderer)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         # Captions and metadata stay on the host; tensors move (at any depth: the model summary's

@@ -30,14 +30,25 @@ PAD = -1  # the index (and text owner) of a padding row
 
 @dataclass
 class EvalData:
-    """What evaluation needs from the data side: the tokenizer and the eval image size."""
+    """What evaluation needs from the data side: how texts become the text input (the
+    tokenizer's ids ``[B, L]``, or with a ``renderer`` (CLIPPO) images ``[B, 3, H, W]``) and
+    the eval image size."""
 
-    tokenizer: Callable[[list[str]], torch.Tensor]
+    tokenizer: Callable[[list[str]], torch.Tensor] | None
     image_size: int
     num_workers: int = 0
+    renderer: Callable[[list[str]], torch.Tensor] | None = None
 
     def transform(self):
         return image_transform(self.image_size, False)
+
+    def texts(self, texts: list[str]) -> torch.Tensor:
+        """The text input of ``module.encode_text`` for ``texts``: rendered when the run renders
+        text, else tokenised."""
+        encode = self.renderer or self.tokenizer
+        if encode is None:
+            raise VLPError("eval data has neither a tokenizer nor a text renderer")
+        return encode(texts)
 
 
 def field_value(sample: dict, info: dict | None, field: str):
@@ -65,7 +76,8 @@ def share_size(num_samples: int, world: int) -> int:
 class EvalStream(IterableDataset):
     """Batches ``{"index", "image", "text", "text_owner", "label"}`` of this rank's share.
 
-    ``index [b]`` is each row's sample number (-1: padding); ``text`` holds the tokens of every
+    ``index [b]`` is each row's sample number (-1: padding); ``text`` holds the text input
+    (``tokenizer``: a tokenizer's ids, or a text renderer's images) of every
     caption of the batch's samples (a field whose value is a list gives several captions),
     ``text_owner`` the sample number of each (-1: padding). With ``captions``, a batch always
     has at least one text (an empty one owned by -1 if its samples have none), so that every

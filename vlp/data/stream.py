@@ -19,6 +19,7 @@ converted and counted; an unreadable shard is skipped, counted and named.
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -54,20 +55,25 @@ class SampleDecoder:
         - an image over ``max_pixels`` (decompression bomb), judged from its header before
           decoding: skipped;
         - no caption member, an empty or blank caption, a caption that is not UTF-8: skipped;
+          with ``caption_keys`` (one caption drawn per sample, uniformly from those fields the
+          sample has: members such as ``txt`` or json paths such as ``labels.de``; the draw
+          comes from torch's RNG, which the stream seeds per batch), a sample with none of them
+          is skipped as ``missing_caption``;
         - RGBA / LA / palette-with-transparency images: composited on white (the colour the
           emoji data are drawn on), counted ``alpha_on_white``; CMYK, palette, grey and other
           modes: converted to RGB, counted ``mode_to_rgb``.
     """
 
     def __init__(self, transform: Callable, caption_key: str = "txt", max_pixels: int = 89_478_485,
-                 view_transform: Callable | None = None):
+                 view_transform: Callable | None = None, caption_keys: list[str] | None = None):
         self.transform = transform
         self.caption_key = caption_key
+        self.caption_keys = list(caption_keys) if caption_keys else None
         self.max_pixels = max_pixels
         self.view_transform = view_transform  # SLIP: two extra augmented views per image
 
     def caption(self, sample: dict) -> str:
-        raw = sample.get(self.caption_key)
+        raw = self._drawn(sample) if self.caption_keys else sample.get(self.caption_key)
         if raw is None:
             raise BadSample("missing_caption")
         try:
@@ -77,6 +83,29 @@ class SampleDecoder:
         if not text.strip():
             raise BadSample("empty_caption")
         return text
+
+    def _drawn(self, sample: dict) -> bytes | None:
+        """One of the ``caption_keys`` fields the sample has (members first, then json paths),
+        drawn uniformly; None if it has none."""
+        info = None
+        found = []
+        for key in self.caption_keys:
+            if key in sample and key != "json":
+                found.append(sample[key])
+                continue
+            if info is None:
+                try:
+                    info = json.loads(sample["json"]) if "json" in sample else {}
+                except (ValueError, UnicodeDecodeError):
+                    info = {}
+            value = info
+            for part in key.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            if isinstance(value, str):
+                found.append(value.encode("utf-8"))
+        if not found:
+            return None
+        return found[int(torch.randint(len(found), ()))]
 
     def image(self, data: bytes, counts: Counter) -> Image.Image:
         return decode_image(data, self.max_pixels, counts)

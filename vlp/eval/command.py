@@ -61,14 +61,15 @@ def select_tasks(specs: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def saved_tokenizer(spec, where: str):
-    """The run's tokenizer from its saved ``data.tokenizer`` (a class_path / init_args mapping,
-    built as the CLI built it, against the DataModule's type), or None."""
+def saved_tokenizer(spec, where: str, key: str = "tokenizer"):
+    """The run's tokenizer (or, with ``key="text_renderer"``, its text renderer) from its saved
+    ``data.<key>`` (a class_path / init_args mapping, built as the CLI built it, against the
+    DataModule's type), or None."""
     from vlp.data.datamodule import VLPDataModule
 
     if not isinstance(spec, dict):
         return spec
-    return build(spec, typing.get_type_hints(VLPDataModule.__init__).get("tokenizer", object), where)
+    return build(spec, typing.get_type_hints(VLPDataModule.__init__).get(key, object), where)
 
 
 def load_for_eval(path: str, device: str = "cpu"):
@@ -99,12 +100,15 @@ def load_for_eval(path: str, device: str = "cpu"):
     dm = ckpt.get("datamodule_hyper_parameters") or {}
     image_args = towers["image"].get("init_args", {})
     text_args = (towers.get("text") or {}).get("init_args", {})
-    tokenizer = saved_tokenizer(dm.get("tokenizer"), f"checkpoint {path}: data.tokenizer")
-    if tokenizer is None:
+    # a run that rendered its captions (CLIPPO) has its texts rendered the same way
+    renderer = saved_tokenizer(dm.get("text_renderer"), f"checkpoint {path}: data.text_renderer", "text_renderer")
+    tokenizer = None if renderer is not None else saved_tokenizer(dm.get("tokenizer"),
+                                                                  f"checkpoint {path}: data.tokenizer")
+    if tokenizer is None and renderer is None:
         tokenizer = TextTokenizer(context_length=dm.get("context_length") or text_args.get("context_length", 77))
     if getattr(tokenizer, "spec", None) is not None:  # the towers mask and pool with the run's pad id
         bind_parts(module, tokenizer.spec)
-    data = EvalData(tokenizer, dm.get("image_size") or image_args.get("image_size", 224))
+    data = EvalData(tokenizer, dm.get("image_size") or image_args.get("image_size", 224), renderer=renderer)
     info = {
         "recipe": (ckpt.get("vlp") or {}).get("recipe"),
         "image_tower": image_args.get("model_name", towers["image"].get("class_path")),

@@ -46,7 +46,7 @@ def extract_features(module, shards: str | list[str], data: EvalData, captions: 
     given). With ``world > 1`` every rank must call this; every rank runs the same number of
     forward passes, embeds its share and receives the whole set."""
     urls = expand_shards(shards) if isinstance(shards, str) else shards
-    stream = EvalStream(urls, data.transform(), data.tokenizer, batch_size, captions, label_field, rank, world)
+    stream = EvalStream(urls, data.transform(), data.texts, batch_size, captions, label_field, rank, world)
     loader = DataLoader(stream, batch_size=None, num_workers=data.num_workers)
     device = module.device
     index, images, texts, owners, labels = [], [], [], [], []

@@ -41,7 +41,7 @@ def zeroshot_weights(module, data: EvalData, classnames: list[str], templates: l
     run the same number of forward passes; the classes are gathered on every rank."""
     mine = list(range(rank, len(classnames), world))
     padded = mine + [mine[-1] if mine else 0] * (share_size(len(classnames), world) - len(mine))
-    local = zeroshot_classifier(module.encode_text, data.tokenizer, [classnames[i] for i in padded], templates,
+    local = zeroshot_classifier(module.encode_text, data.texts, [classnames[i] for i in padded], templates,
                                 module.device, fill=fill)
     out = [None] * len(classnames)
     for idx, weights in gather_objects((mine, local[: len(mine)].cpu()), world):

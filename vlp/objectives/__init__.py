@@ -6,8 +6,9 @@ so a new objective is a new class here and a line in a recipe.
 """
 
 from vlp.objectives.base import Objective
+from vlp.objectives.captioning import CaptioningLoss
 from vlp.objectives.contrastive import ContrastiveLoss
 from vlp.objectives.sigmoid import SigmoidLoss
 from vlp.objectives.simclr import SimCLRLoss
 
-__all__ = ["ContrastiveLoss", "Objective", "SigmoidLoss", "SimCLRLoss"]
+__all__ = ["CaptioningLoss", "ContrastiveLoss", "Objective", "SigmoidLoss", "SimCLRLoss"]

@@ -127,7 +127,7 @@ def test_every_builtin_task_loads():
     for lang in ("zh", "ja", "de", "fr"):
         assert f"emoji_google_test_retrieval_{lang}" in names
     kinds = {load_task(n).kind for n in names}
-    assert kinds == {"retrieval", "zeroshot", "linear_probe", "few_shot"}
+    assert kinds == {"retrieval", "zeroshot", "linear_probe", "few_shot", "captioning"}
     assert len(load_task("emoji_google_test_subcategory").classnames) == 98
 
 

@@ -170,7 +170,7 @@ class FailAt(Callback):
 @pytest.mark.slow
 def test_an_error_saves_the_last_completed_step_and_the_run_resumes_exactly(tmp_path):
     # flip_tiny: its masks draw from the RNG in the step, so the saved RNG state matters too
-    fail = "{class_path: tests.test_resume.FailAt, init_args: {step: 7}}"
+    fail = "{class_path: tests.test_checkpointing.FailAt, init_args: {step: 7}}"
     cmd = lambda d, *more: _cmd(d, 0, *EPOCHS, *more, recipe="flip_tiny", every=100, callbacks=(fail,))  # noqa
     _run(cmd(tmp_path / "ref"))
     expected = _losses(tmp_path / "ref" / "flip_tiny" / "version_0")

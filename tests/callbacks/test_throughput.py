@@ -6,7 +6,7 @@ from lightning.pytorch import LightningDataModule, Trainer
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from tests.test_text_spec import xlmr_like_tokenizer
+from tests.data.test_text_spec import xlmr_like_tokenizer
 from vlp.callbacks import ThroughputMonitor
 from vlp.callbacks.throughput import meta_copy, training_flops
 from vlp.data.text_spec import bind_parts

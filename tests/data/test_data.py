@@ -205,3 +205,16 @@ def test_a_training_batch_splits_along_its_batch_dimension():
     assert sum((c["caption"] for c in chunks), []) == batch["caption"]
     with pytest.raises(VLPError, match=r"batch fields disagree on the batch size \(batch dimension first\)"):
         batch_size({"image": torch.zeros(4, 3), "views": torch.zeros(2, 4, 3)})
+
+
+def test_a_process_with_a_suspended_training_loader_exits(tmp_path):
+    """multiprocessing terminates (SIGTERM) and joins daemonic workers at exit: the training
+    loader's workers must end on SIGTERM (they ignore only Ctrl-C), or the exit hangs."""
+    import subprocess
+    import sys
+
+    script = ("from vlp.data.datamodule import VLPDataModule\n"
+              "dm = VLPDataModule(batch_size=8, num_workers=2, image_size=32, context_length=16, seed=0)\n"
+              "it = iter(dm.train_dataloader()); next(it)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]

@@ -1,0 +1,101 @@
+"""CoCa's captioning loss: padding ignored, label smoothing, exact across ranks, and the objective
+contract through the module."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vlp.data.text_spec import TextSpec, bind_parts
+from vlp.errors import VLPError
+from vlp.objectives.captioning import CaptioningLoss, caption_loss
+
+PAD = 3  # not 0, so that a loss that assumed 0 would fail
+
+
+def _logits_labels(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, 5, 11, generator=g, requires_grad=True)
+    labels = torch.tensor([[4, 5, 2, PAD, PAD], [6, 7, 8, 9, 2]])
+    return logits, labels
+
+
+def test_the_loss_is_the_mean_over_real_tokens_and_padding_changes_nothing():
+    logits, labels = _logits_labels()
+    loss = caption_loss(logits, labels, PAD)
+    real = labels != PAD
+    expected = F.cross_entropy(logits[real], labels[real])
+    assert torch.allclose(loss, expected)
+    loss.backward()
+    assert logits.grad[~real].abs().sum() == 0 and logits.grad[real].abs().sum() > 0
+    # other logits at the padding positions: the same loss
+    other = logits.detach().clone()
+    other[~real] = torch.randn_like(other[~real]) * 100
+    assert torch.equal(caption_loss(other, labels, PAD), loss.detach())
+    # while a real position's logits do count
+    other[0, 0] += 5
+    assert not torch.allclose(caption_loss(other, labels, PAD), loss.detach())
+
+
+def test_label_smoothing_is_torch_s_over_the_real_tokens():
+    logits, labels = _logits_labels(1)
+    real = labels != PAD
+    got = caption_loss(logits, labels, PAD, label_smoothing=0.1)
+    assert torch.allclose(got, F.cross_entropy(logits[real], labels[real], label_smoothing=0.1))
+    assert not torch.allclose(got, caption_loss(logits, labels, PAD))
+
+
+def test_halves_with_the_global_token_count_give_the_whole_batch_gradient():
+    """What each of two ranks computes (its sum over the global count, times the world size,
+    averaged by the strategy) equals the one-process loss and gradient."""
+    logits, labels = _logits_labels(2)
+    whole = caption_loss(logits, labels, PAD)
+    (g_whole,) = torch.autograd.grad(whole, logits)
+    total = (labels != PAD).sum().float() / 2
+    halves = [caption_loss(logits[i : i + 1], labels[i : i + 1], PAD, total_tokens=total) for i in range(2)]
+    averaged = (halves[0] + halves[1]) / 2
+    (g_avg,) = torch.autograd.grad(averaged, logits)
+    assert torch.allclose(averaged, whole) and torch.allclose(g_avg, g_whole, atol=1e-7)
+
+
+def test_the_spec_s_pad_id_is_adopted_and_a_pad_that_ends_texts_refused():
+    objective = CaptioningLoss()
+    objective.bind_text_spec(TextSpec(vocab_size=20, pad_id=PAD, bos_id=1, eos_id=2, context_length=8))
+    assert objective.pad_id == PAD
+    with pytest.raises(VLPError, match="pad id that is neither the start nor the end-of-text id"):
+        CaptioningLoss().bind_text_spec(TextSpec(vocab_size=20, pad_id=2, bos_id=1, eos_id=2, context_length=8))
+    with pytest.raises(VLPError, match="pad_id 0 differs from the tokenizer's pad id 3"):
+        CaptioningLoss(pad_id=0).bind_text_spec(TextSpec(vocab_size=20, pad_id=PAD, bos_id=1, eos_id=2,
+                                                         context_length=8))
+
+
+def test_caption_objective_keeps_the_contract_through_the_module():
+    from tests.test_module import _batch
+    from vlp.data.tokenizer import TextTokenizer
+    from vlp.module import VLPModule
+    from vlp.objectives import ContrastiveLoss
+    from vlp.towers import CoCaImageTower, CoCaTextTower
+
+    torch.manual_seed(0)
+    image = CoCaImageTower("vit_tiny_patch16_224", embed_dim=32, image_size=32, pool_queries=4, pool_heads=2,
+                           model_kwargs=dict(patch_size=8, embed_dim=32, depth=1, num_heads=2))
+    text = CoCaTextTower(context_length=16, width=32, layers=1, heads=2, embed_dim=32)
+    caption = CaptioningLoss(layers=1, heads=2)
+    module = VLPModule({"image": image, "text": text}, [ContrastiveLoss(), caption])
+    bind_parts(module, TextTokenizer(context_length=16).spec)
+    assert module.reads == {"image": {"pooled", "tokens"}, "text": {"pooled", "tokens"}}
+    assert caption.decoder.vocab_size == 8192 and module.batch_fields() == {"image", "text"}
+    batch = _batch(4)
+    outputs = module(batch)
+    loss, metrics = caption(outputs, batch)
+    assert loss.ndim == 0 and torch.isfinite(loss) and 0 <= float(metrics["token_acc"]) <= 1
+    loss.backward()
+    for part in (image.attn_pool, text, caption.decoder):  # the decoder queries, not the contrastive one
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+    assert image.attn_pool_contrastive.query.grad is None
+
+
+def test_the_objective_needs_towers_that_report_their_shapes():
+    with pytest.raises(VLPError, match="reads the towers image and text"):
+        CaptioningLoss().attach({"image": torch.nn.Linear(2, 2)})
+    with pytest.raises(VLPError, match="needs a text tower with width, vocab_size, context_length"):
+        CaptioningLoss().attach({"image": torch.nn.Linear(2, 2), "text": torch.nn.Linear(2, 2)})

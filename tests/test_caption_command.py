@@ -1,0 +1,79 @@
+"""`vlp caption` and the captioning eval kind on a coca_tiny checkpoint."""
+
+import json
+
+import pytest
+import torch
+from tests.conftest import TINY
+
+from vlp.cli import main, run_cli
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 2-step coca_tiny run at test size (32-px images) and its checkpoint."""
+    tmp = tmp_path_factory.mktemp("coca")
+    cli = run_cli(["fit", "--recipe", "coca_tiny", *TINY, "--trainer.max_steps", "2", "--trainer.logger", "false",
+                   "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false",
+                   "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp)])
+    path = tmp / "run" / "checkpoints" / "last.ckpt"
+    cli.trainer.save_checkpoint(path)
+    return cli, path
+
+
+def _png(tmp_path):
+    from vlp.data.shards import expand_shards
+    from vlp.data.tar_reader import tar_samples
+
+    sample = next(tar_samples(expand_shards("builtin:emoji/twitter/test-000000.tar")[0]))
+    path = tmp_path / "emoji.png"
+    path.write_bytes(sample["png"])
+    return path, sample["__key__"]
+
+
+def test_caption_prints_the_captions_of_the_in_memory_model(trained, tmp_path, capsys):
+    from vlp.generation import Captioner
+
+    cli, ckpt = trained
+    png, key = _png(tmp_path)
+    main(["caption", "--ckpt", str(ckpt), str(png), "builtin:emoji/twitter/test-000000.tar", "--strategy", "greedy",
+          "--max_length", "4", "--batch_size", "64"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 + 385
+    source, text = lines[0].split("\t")
+    assert source == str(png) and lines[1].split("\t")[0].endswith(f"test-000000.tar:{key}")
+    assert lines[1].split("\t")[1] == text  # the same image from the file and from the shard
+    data = cli.datamodule.eval_data(0)
+    from vlp.data.decode import decode_image
+
+    image = data.transform()(decode_image(png.read_bytes()))[None]
+    expected = data.tokenizer.decode(Captioner(cli.model).generate(image, "greedy", max_length=4).ids)[0]
+    assert text == expected
+
+
+def test_caption_writes_json_lines_and_refuses_a_missing_image(trained, tmp_path, capsys):
+    _, ckpt = trained
+    png, _ = _png(tmp_path)
+    out = tmp_path / "captions.jsonl"
+    main(["caption", "--ckpt", str(ckpt), str(png), str(png), "--out", str(out), "--num_beams", "2",
+          "--max_length", "4"])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["source"] for r in records] == [str(png)] * 2 and records[0] == records[1]
+    assert isinstance(records[0]["caption"], str) and records[0]["score"] <= 0
+    with pytest.raises(SystemExit):
+        main(["caption", "--ckpt", str(ckpt), str(tmp_path / "nope.png")])
+    assert capsys.readouterr().err.strip().endswith("caption: image file not found: " + str(tmp_path / "nope.png"))
+
+
+def test_captioning_eval_task_through_vlp_eval(trained, tmp_path, capsys):
+    _, ckpt = trained
+    main(["eval", "--ckpt", str(ckpt), "--task", "emoji_google_test_captioning", "--out", str(tmp_path),
+          "--batch_size", "128"])
+    record = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert record["kind"] == "captioning" and record["num_samples"] == 385
+    assert set(record["metrics"]) == {"cider", "bleu4", "exact_match"}
+    assert all(0 <= v for v in record["metrics"].values())
+    examples = record["details"]["examples"]
+    assert len(examples) == 5 and examples[0]["references"] and isinstance(examples[0]["caption"], str)
+    assert "cider" in capsys.readouterr().out
+    assert torch.isfinite(torch.tensor(list(record["metrics"].values()))).all()

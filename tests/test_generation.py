@@ -1,0 +1,147 @@
+"""Caption generation (vlp.generation): the key/value cache changes nothing, the search rules
+hold, and a tiny CoCa learns to caption a few emoji exactly."""
+
+import pytest
+import torch
+
+from vlp.data.text_spec import TextSpec, bind_parts
+from vlp.errors import VLPError
+from vlp.generation import Captioner, filter_logits
+
+SPEC = TextSpec(vocab_size=24, pad_id=0, bos_id=1, eos_id=2, context_length=10)
+
+
+def tiny_coca(spec=SPEC, seed=0, width=32, queries=4, vocab=None):
+    from vlp.module import VLPModule
+    from vlp.objectives import CaptioningLoss, ContrastiveLoss
+    from vlp.towers import CoCaImageTower, CoCaTextTower
+
+    torch.manual_seed(seed)
+    image = CoCaImageTower("vit_tiny_patch16_224", embed_dim=width, image_size=32, pool_queries=queries, pool_heads=2,
+                           model_kwargs=dict(patch_size=8, embed_dim=width, depth=1, num_heads=2))
+    text = CoCaTextTower(vocab_size=vocab or spec.vocab_size, context_length=spec.context_length, width=width,
+                         layers=1, heads=2, embed_dim=width)
+    module = VLPModule({"image": image, "text": text}, [ContrastiveLoss(), CaptioningLoss(layers=2, heads=2)])
+    bind_parts(module, spec)
+    return module
+
+
+@pytest.fixture(scope="module")
+def captioner():
+    module = tiny_coca()
+    with torch.no_grad():  # sharper next-token distributions than at init: captions end at varied lengths
+        module.objectives[1].decoder.head.weight.mul_(30)
+    return Captioner(module)
+
+
+IMAGES = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam", "sample"])
+def test_cached_decoding_gives_the_tokens_and_log_probabilities_of_the_full_pass(captioner, strategy):
+    kw = dict(num_beams=3, repetition_penalty=1.3, min_length=1, top_k=5, top_p=0.9)
+    fast = captioner.generate(IMAGES, strategy, generator=torch.Generator().manual_seed(0), **kw)
+    slow = captioner.generate(IMAGES, strategy, generator=torch.Generator().manual_seed(0), use_cache=False, **kw)
+    assert torch.equal(fast.ids, slow.ids)
+    assert torch.allclose(fast.token_logprobs, slow.token_logprobs, atol=1e-4)
+    assert torch.allclose(fast.scores, slow.scores, atol=1e-4)
+    ended = (fast.ids == SPEC.eos_id).any(1)
+    assert 0 < ended.sum() < len(IMAGES) or strategy == "beam"  # some end early, some run to max_length
+    assert (fast.token_logprobs <= 0).all() and (fast.token_logprobs[fast.ids[:, 1:] == SPEC.pad_id] == 0).all()
+
+
+def test_greedy_takes_the_most_likely_token_and_beam_search_finds_a_likelier_caption(captioner):
+    greedy = captioner.generate(IMAGES, "greedy")
+    beam = captioner.generate(IMAGES, "beam", num_beams=4, length_penalty=0.0)  # rank by sum of log-probs
+    assert (beam.scores >= greedy.scores - 1e-5).all() and (beam.scores > greedy.scores + 1e-3).any()
+    one = captioner.generate(IMAGES, "beam", num_beams=1, length_penalty=0.0)
+    assert torch.equal(one.ids, greedy.ids)  # one beam is greedy search
+    # the score is the sum of the token log-probabilities
+    assert torch.allclose(greedy.token_logprobs.sum(1), greedy.scores)
+
+
+def test_lengths_the_end_token_and_banned_ids(captioner):
+    out = captioner.generate(IMAGES, "greedy", max_length=3)
+    assert out.ids.shape[1] <= 4 and (out.ids[:, 0] == SPEC.bos_id).all()
+    forced = captioner.generate(IMAGES, "greedy", min_length=5)
+    for row in forced.ids.tolist():
+        body = row[1:]
+        assert SPEC.eos_id not in body[:5]  # no end before 5 caption tokens
+        assert SPEC.bos_id not in body  # the start id is never generated
+        if SPEC.eos_id in body:  # after the end: padding only
+            assert set(body[body.index(SPEC.eos_id) + 1:]) <= {SPEC.pad_id}
+    with pytest.raises(VLPError, match=r"max_length must be in \[1, 10\]"):
+        captioner.generate(IMAGES, max_length=11)
+    with pytest.raises(VLPError, match="unknown generation strategy"):
+        captioner.generate(IMAGES, "nucleus")
+
+
+def test_repetition_penalty_reduces_repeats(captioner):
+    def repeats(ids):
+        return sum(len(r) - len(set(r)) for r in (x[1:] for x in ids.tolist()))
+
+    plain = captioner.generate(IMAGES, "greedy", max_length=9)
+    penalised = captioner.generate(IMAGES, "greedy", max_length=9, repetition_penalty=5.0)
+    assert repeats(penalised.ids) < repeats(plain.ids)
+
+
+def test_fixed_steps_runs_every_step_and_gives_the_same_captions(captioner):
+    calls = []
+    hook = captioner.objective.decoder.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        free = captioner.generate(IMAGES, "beam", num_beams=2, max_length=9)
+        n_free = len(calls)
+        calls.clear()
+        fixed = captioner.generate(IMAGES, "beam", num_beams=2, max_length=9, fixed_steps=True)
+    finally:
+        hook.remove()
+    assert len(calls) == 9 and n_free <= 9 and torch.equal(free.ids, fixed.ids)
+
+
+def test_top_k_and_top_p_keep_the_likeliest_tokens():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(filter_logits(logits, top_p=0.7)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(filter_logits(logits, top_p=0.8)).tolist() == [[False, False, False, True]]
+    assert torch.isinf(filter_logits(logits, top_p=0.1)).tolist() == [[False, True, True, True]]
+
+
+def test_a_model_without_a_captioning_objective_is_refused(tiny_module):
+    with pytest.raises(VLPError, match="one captioning objective"):
+        Captioner(tiny_module)
+
+
+def _emoji_pairs(n=4):
+    from vlp.data.decode import decode_image, image_member
+    from vlp.data.eval_set import EvalData
+    from vlp.data.shards import expand_shards
+    from vlp.data.tar_reader import tar_samples
+
+    transform = EvalData(None, 32).transform()
+    images, captions = [], []
+    for sample in tar_samples(expand_shards("builtin:emoji/google/train-000000.tar")[0]):
+        images.append(transform(decode_image(sample[image_member(sample)])))
+        captions.append(sample["txt"].decode())
+        if len(images) == n:
+            break
+    return torch.stack(images), captions
+
+
+def test_a_tiny_coca_overfits_four_emoji_and_captions_them_exactly():
+    from vlp.data.tokenizer import TextTokenizer
+
+    tok = TextTokenizer(context_length=10)
+    images, captions = _emoji_pairs()
+    module = tiny_coca(tok.spec, width=64, queries=8)
+    batch = {"image": images, "text": tok(captions)}
+    opt = torch.optim.AdamW(module.parameters(), lr=2e-3, weight_decay=0.0)
+    module.log = lambda *a, **k: None
+    module.train()
+    for _ in range(150):
+        opt.zero_grad()
+        loss = module.objective_loss(module(batch), batch)
+        loss.backward()
+        opt.step()
+    captioner = Captioner(module)
+    assert tok.decode(captioner.generate(images, "greedy").ids) == captions
+    assert tok.decode(captioner.generate(images, "beam", num_beams=3).ids) == captions
