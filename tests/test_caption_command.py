@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-from tests.conftest import TINY
 
+from tests.conftest import TINY
 from vlp.cli import main, run_cli
 
 

@@ -88,10 +88,11 @@ def caption_main(argv: list[str]) -> list[dict]:
     captioner = Captioner(module)
     transform = data.transform()
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
-    settings = dict(strategy=args.strategy, max_length=args.max_length, min_length=args.min_length,
-                    num_beams=args.num_beams, length_penalty=args.length_penalty, top_k=args.top_k, top_p=args.top_p,
-                    temperature=args.temperature, repetition_penalty=args.repetition_penalty,
-                    use_cache=not args.no_cache, generator=generator)
+    settings = {"strategy": args.strategy, "max_length": args.max_length, "min_length": args.min_length,
+                "num_beams": args.num_beams, "length_penalty": args.length_penalty, "top_k": args.top_k,
+                "top_p": args.top_p, "temperature": args.temperature,
+                "repetition_penalty": args.repetition_penalty, "use_cache": not args.no_cache,
+                "generator": generator}
     records: list[dict] = []
     out = open(args.out, "w") if args.out else None  # noqa: SIM115 - closed below
     try:

@@ -14,11 +14,12 @@ the cache is tested against: same tokens, same log-probabilities).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from vlp.errors import VLPError
 from vlp.towers.cached import KVCache
@@ -57,6 +58,22 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
         drop[:, 0] = False
         logits = logits.scatter(1, index, ordered.masked_fill(drop, float("-inf")))
     return logits
+
+
+@contextmanager
+def gathered(*modules) -> Iterator[None]:
+    """FSDP2-sharded units (those with ``unshard`` / ``reshard``) among ``modules`` hold their
+    whole parameters meanwhile. Generation reads the text tower's embeddings (``decode``) and
+    the objective's decoder outside their units' own forward, whose hooks would gather them;
+    blocks that are units of their own are called through ``block(...)`` and gather themselves."""
+    units = [m for m in modules if callable(getattr(m, "unshard", None)) and callable(getattr(m, "reshard", None))]
+    for unit in units:
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
 
 
 class _Steps:
@@ -115,6 +132,9 @@ class Captioner:
             raise VLPError("the captioning objective has no text spec: bind the tokenizer's "
                            "(vlp.data.text_spec.bind_parts(module, tokenizer.spec))")
         self.text_tower = module.towers[module.share.get("text", "text")]
+        if not callable(getattr(self.text_tower, "decode", None)):
+            raise VLPError(f"captioning needs a text tower that decodes step by step (vlp.towers.CoCaTextTower), "
+                           f"not {type(self.text_tower).__name__}")
         self.context_length = self.text_tower.context_length
 
     def generate(self, images: torch.Tensor, strategy: Strategy = "greedy", *, max_length: int | None = None,
@@ -156,12 +176,12 @@ class Captioner:
         was_training = module.training
         module.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), gathered(self.text_tower, self.objective):
                 image = module.run_tower("image", images, tokens=True)
                 mask = image.token_mask
                 mask = None if mask is None or bool(mask.all()) else mask
-                settings = dict(max_length=max_length, min_length=min_length, repetition_penalty=repetition_penalty,
-                                fixed_steps=fixed_steps)
+                settings = {"max_length": max_length, "min_length": min_length,
+                            "repetition_penalty": repetition_penalty, "fixed_steps": fixed_steps}
                 if strategy == "beam":
                     steps = _Steps(self.text_tower, self.objective.decoder,
                                    image.tokens.repeat_interleave(num_beams, 0),
@@ -173,7 +193,7 @@ class Captioner:
         finally:
             module.train(was_training)
 
-    def _logprobs(self, logits: torch.Tensor, seqs: torch.Tensor, step: int, min_length: int,
+    def _processed(self, logits: torch.Tensor, seqs: torch.Tensor, step: int, min_length: int,
                   repetition_penalty: float) -> torch.Tensor:
         """The processed logits ``[A, V]`` of step ``step`` (0 = the first token after start)."""
         spec = self.spec
@@ -201,7 +221,7 @@ class Captioner:
             if not len(alive) and not fixed_steps:
                 break
             seqs = ids[alive, : step + 1]
-            logits = self._logprobs(steps.logits(seqs), seqs, step, min_length, repetition_penalty)
+            logits = self._processed(steps.logits(seqs), seqs, step, min_length, repetition_penalty)
             if not len(alive):
                 continue
             logp = logits.log_softmax(-1)
@@ -242,7 +262,7 @@ class Captioner:
                 seqs = torch.cat([seqs, seqs.new_full((0, 1), spec.pad_id)], dim=1)
                 steps.logits(seqs)  # the same forward passes on every rank
                 continue
-            logits = self._logprobs(steps.logits(seqs), seqs, step, min_length, repetition_penalty)
+            logits = self._processed(steps.logits(seqs), seqs, step, min_length, repetition_penalty)
             logp = logits.log_softmax(-1)  # [A * K, V]
             vocab = logp.shape[-1]
             total = (scores.view(-1, 1) + logp).view(len(items), beams * vocab)

@@ -87,11 +87,9 @@ def test_long_text_wraps_onto_lines_and_is_cut_at_the_bottom():
     r = TextRenderer(image_size=64)
     lines = ink(r, "x" * 40).reshape(4, 16, 64).any(axis=(1, 2))
     assert lines.all()  # 40 characters fill all 4 lines of a 64-px image
-    widths = [r._trim(c).shape[1] for c in r.cells("x")]
-    span = 64 - widths[0]
-    per_line = span // widths[0]  # big_vision's rule: a line holds running widths [k * span, (k + 1) * span)
-    first = ink(r, "x" * 40)[:16]
-    assert np.flatnonzero(first.any(0))[-1] < 64 and first.any(0).sum() > 0
+    width = r.cells("x")[0].shape[1]
+    # big_vision's rule: line k holds the characters whose running width is in [k * span, (k + 1) * span)
+    per_line = (64 - width - 1) // width
     assert np.array_equal(ink(r, "x" * per_line)[16:], np.zeros((48, 64), dtype=bool))  # one line fits
     assert ink(r, "x" * (per_line + 1))[16:32].any()  # one more wraps
     assert np.array_equal(ink(r, "x" * 40), ink(r, "x" * 400))  # the rest is cut
@@ -112,9 +110,13 @@ def test_combining_marks_join_the_character_before_them():
     q, acute = hex_glyph(ord("q")), hex_glyph(0x0301)
     cell = r.cells("q\u0301")[0] > 0
     assert cell.sum() == (q.astype(bool) | acute.astype(bool)).sum() > q.sum()
-    # Devanagari: a vowel sign below (Mn) joins its consonant; a spacing vowel sign (Mc) is a cell
-    assert len(r.cells("कु")) == 1 and len(r.cells("का")) == 2
-    assert ink(r, "कु").sum() > ink(r, "क").sum()
+    # Devanagari: vowel signs join their consonant's 16-px cell where Unifont's combining table
+    # puts them (-16: over the whole cell), the spacing ones (Mc: ा, ि) too
+    for syllable in ("कु", "का", "कि", "क्"):
+        assert len(r.cells(syllable)) == 1, syllable
+        expected = hex_glyph(0x0915).astype(bool) | hex_glyph(ord(syllable[1])).astype(bool)
+        cell = r.cells(syllable)[0] > 0
+        assert cell.sum() == expected.sum() > hex_glyph(0x0915).sum(), syllable
 
 
 def test_wide_glyphs_take_their_sixteen_columns():
@@ -129,12 +131,17 @@ def test_wide_glyphs_take_their_sixteen_columns():
 def test_a_character_the_font_lacks_is_a_visible_box():
     r = TextRenderer(image_size=32)
     font = UnifontHex.load(font_files())
-    absent = next(cp for cp in range(0x0378, 0x0380) if font.cell(cp) is None)  # unassigned in Greek
-    box, width = missing_glyph(absent)
+    # Unifont draws unassigned BMP code points itself (a box with the hex code); it lacks the
+    # private use area and, as shipped, the planes above the BMP (emoji, historic scripts)
+    absent = [0xE000, 0xE001, 0x10300]  # private use, Old Italic
+    assert all(font.cell(cp) is None for cp in absent) and font.cell(0x0378) is not None
+    box, width = missing_glyph(absent[0])
     assert width == 8 and box[2, 1:7].all() and box[13, 1:7].all() and box[2:14, 1].all() and not box[5, 3]
-    pixels = ink(r, chr(absent))
-    assert pixels[:16, :8].any() and np.array_equal(pixels[:16], ink(r, chr(absent + 1))[:16])
-    assert missing_glyph(0x2FFFD)[1] == 16  # an unassigned code point in a wide block: a wide box
+    pixels = ink(r, chr(absent[0]))
+    assert pixels[:16, :8].any() and pixels[:, 8:].sum() == 0
+    assert np.array_equal(pixels, ink(r, chr(absent[1]))) and np.array_equal(pixels, ink(r, chr(absent[2])))
+    assert font.cell(0x1F600) is None and missing_glyph(0x1F600)[1] == 16  # an emoji: a wide box
+    assert ink(r, "\U0001F600")[:16, 8:15].any()
 
 
 def test_every_language_of_the_builtin_labels_renders_without_boxes():
@@ -166,7 +173,7 @@ def test_normalised_as_the_image_transforms_normalise_images():
     out = r(texts)
     for text, rendered in zip(texts, out):
         image = Image.fromarray(r.pixels(text).permute(1, 2, 0).numpy())
-        assert torch.allclose(rendered, image_transform(48, False)(image), atol=1e-6)
+        assert torch.equal(rendered, image_transform(48, False)(image))  # the same numbers
     assert out.dtype == torch.float32 and out.shape == (2, 3, 48, 48)
 
 
@@ -174,7 +181,7 @@ def test_other_font_sizes_resize_the_cells_by_area():
     r = TextRenderer(image_size=64, font_size=8)
     cells = r.cells("ab")
     assert all(c.shape[0] == 8 for c in cells)
-    lines = (r.pixels("x" * 60)[0] < 127).reshape(8, 8, 64).any(axis=(1, 2))
+    lines = (r.pixels("x" * 200)[0] < 127).reshape(8, 8, 64).any(axis=(1, 2))
     assert lines.all()  # 8 lines of 8 px
     levels = r.pixels("ab")[0].unique()
     assert len(levels) > 2 and levels.max() == 127  # area averaging gives grey levels

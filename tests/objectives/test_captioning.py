@@ -32,7 +32,7 @@ def test_the_loss_is_the_mean_over_real_tokens_and_padding_changes_nothing():
     other[~real] = torch.randn_like(other[~real]) * 100
     assert torch.equal(caption_loss(other, labels, PAD), loss.detach())
     # while a real position's logits do count
-    other[0, 0] += 5
+    other[0, 0, labels[0, 0]] += 5
     assert not torch.allclose(caption_loss(other, labels, PAD), loss.detach())
 
 
@@ -77,7 +77,7 @@ def test_caption_objective_keeps_the_contract_through_the_module():
 
     torch.manual_seed(0)
     image = CoCaImageTower("vit_tiny_patch16_224", embed_dim=32, image_size=32, pool_queries=4, pool_heads=2,
-                           model_kwargs=dict(patch_size=8, embed_dim=32, depth=1, num_heads=2))
+                           model_kwargs={"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2})
     text = CoCaTextTower(context_length=16, width=32, layers=1, heads=2, embed_dim=32)
     caption = CaptioningLoss(layers=1, heads=2)
     module = VLPModule({"image": image, "text": text}, [ContrastiveLoss(), caption])
@@ -99,3 +99,9 @@ def test_the_objective_needs_towers_that_report_their_shapes():
         CaptioningLoss().attach({"image": torch.nn.Linear(2, 2)})
     with pytest.raises(VLPError, match="needs a text tower with width, vocab_size, context_length"):
         CaptioningLoss().attach({"image": torch.nn.Linear(2, 2), "text": torch.nn.Linear(2, 2)})
+    from vlp.towers import TextTransformer
+
+    bidirectional = TextTransformer(vocab_size=20, context_length=8, width=16, layers=1, heads=2, embed_dim=8,
+                                    causal=False)
+    with pytest.raises(VLPError, match="needs a causal text tower"):
+        CaptioningLoss().attach({"image": torch.nn.Linear(2, 2), "text": bidirectional})

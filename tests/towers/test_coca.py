@@ -8,7 +8,7 @@ from vlp.towers import CoCaImageTower, CoCaTextTower
 from vlp.towers.cached import KVCache
 from vlp.towers.output import TowerOutput
 
-VIT = dict(patch_size=8, embed_dim=32, depth=2, num_heads=2)
+VIT = {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
 TEXT = torch.tensor([[1, 6, 7, 2, 0, 0, 0, 0], [1, 9, 9, 9, 9, 9, 9, 2], [1, 2, 0, 0, 0, 0, 0, 0]])
 
 
@@ -69,6 +69,7 @@ def test_text_embedding_reads_every_real_token_and_no_padding():
     repadded = torch.where(TEXT == 0, torch.full_like(TEXT, 19), TEXT)
     out = tower(repadded)
     assert torch.allclose(out.pooled, base.pooled, atol=1e-6)
+    tower.pad_id = 0
     # the text positions are causal: the class token appended after them does not reach them
     with torch.no_grad():
         tower.cls_emb.add_(1.0)
@@ -93,3 +94,15 @@ def test_image_tower_refuses_what_it_cannot_do():
         image_tower(init_from="x.ckpt")
     with pytest.raises(VLPError, match="not divisible by its heads"):
         CoCaImageTower("vit_tiny_patch16_224", embed_dim=15, image_size=32, model_kwargs=VIT, pool_heads=2)
+
+
+def test_flip_masking_under_coca():
+    torch.manual_seed(0)
+    tower = image_tower(mask_ratio=0.5)
+    x = torch.randn(2, 3, 32, 32)
+    seen = []
+    tower.trunk.blocks[0].register_forward_hook(lambda m, a, o: seen.append(o.shape[1]))
+    out = tower.train()(x)
+    assert seen[-1] == 1 + 8 and out.tokens.shape == (2, 5, 16)  # half of the 16 patches, the same 5 queries
+    tower.eval()(x)
+    assert seen[-1] == 1 + 16

@@ -24,20 +24,28 @@ from vlp.data.transforms import image_transform, randaugment_transform, ssl_view
 from vlp.errors import VLPError
 
 
+WORKER_SIGTERM_GRACE_S = 10.0
+
+
 def ignore_stop_signals(worker_id: int = 0) -> None:
     """How DataLoader workers take the signals a terminal or SLURM sends to the whole process
-    group: Ctrl-C (SIGINT) is ignored, the main process finishes its step, saves and stops them
-    (vlp.callbacks.StepCheckpoint); SIGTERM ends the worker at once with status 0. The batch of
-    the step under way is already in the main process, so nothing is lost; a worker killed by
-    the signal itself would make torch raise in the main process ("worker killed by signal")
-    before it could save. (Ignoring SIGTERM instead would hang every process exit that
-    terminates and joins its workers.)"""
+    group, so that the main process can finish its step, save and stop
+    (vlp.callbacks.StepCheckpoint): Ctrl-C (SIGINT) is ignored; SIGTERM ends the worker
+    ``WORKER_SIGTERM_GRACE_S`` seconds later, with status 0. The grace lets the main process
+    fetch the batch it may be waiting for (a worker gone at once would make torch raise "worker
+    exited unexpectedly" in the middle of that fetch); ending at all matters because
+    multiprocessing terminates and joins daemonic workers at exit (a worker ignoring SIGTERM
+    would hang that exit)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _exit_quietly)
+    signal.signal(signal.SIGTERM, _exit_after_grace)
 
 
-def _exit_quietly(signum, frame) -> None:
-    os._exit(0)
+def _exit_after_grace(signum, frame) -> None:
+    import threading
+
+    timer = threading.Timer(WORKER_SIGTERM_GRACE_S, os._exit, args=(0,))
+    timer.daemon = True
+    timer.start()
 
 
 class ResumableLoader(DataLoader):

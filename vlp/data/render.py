@@ -16,22 +16,26 @@ big_vision's ``value_range(-1, 1)`` follows both.
 Where this differs from big_vision, on purpose:
 - a character the font lacks is a visible box (big_vision draws nothing and keeps a blank
   ``min_width`` gap): a caption in an unsupported script is not mistaken for spaces;
-- the text is NFC-normalised, and a combining mark (Unicode category Mn / Me: accents,
-  Devanagari vowel signs, virama, nukta) is drawn into the cell of the character before it,
-  right-aligned as Unifont draws its marks (big_vision gives each mark a cell of its own);
-  format characters (ZWJ, ZWNJ, variation selectors) draw nothing; white space (tab,
-  newline) is a space;
+- the text is NFC-normalised, and a combining character is drawn into the cell of the
+  character before it (big_vision gives each its own cell): where Unifont's combining table
+  (``assets/unifont-*-combining.txt``, the offsets Unifont's own TrueType build uses) gives
+  an offset, the mark starts that many columns before the end of the previous glyph
+  (Devanagari vowel signs, virama, nukta, accents); other marks (Unicode category Mn / Me)
+  are right-aligned in it; format characters (ZWJ, ZWNJ, variation selectors) draw nothing;
+  white space (tab, newline) is a space;
 - lowercasing is Unicode's (``str.lower``), not ASCII only (TensorFlow's ``strings.lower``);
 - ``font_size`` other than 16 resizes the cell with a box (area) filter, as big_vision's
   ``resize_method="area"``, by PIL rather than TensorFlow (values may differ by rounding).
 
-The font is GNU Unifont (its ``.hex`` files, gzipped, in ``vlp/data/assets``; licence in
-``assets/UNIFONT-LICENSE.txt``); big_vision used Unifont 9.0.06, vlp ships a newer release,
-which has every glyph of 9.0.06 and more. Nothing is read from the system or downloaded.
+The font is GNU Unifont 15.0.01 (its Basic Multilingual Plane ``.hex``, gzipped, from Debian's
+``unifont`` package, in ``vlp/data/assets``; licence in ``assets/UNIFONT-LICENSE.txt``);
+big_vision used Unifont 9.0.06 with its upper planes (emoji, historic scripts), which vlp
+does not ship: those characters get the box. Nothing is read from the system or downloaded.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import threading
 import unicodedata
@@ -41,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from vlp.data.transforms import OPENAI_MEAN, OPENAI_STD
 from vlp.errors import VLPError
@@ -48,10 +53,26 @@ from vlp.errors import VLPError
 CELL = 16  # Unifont's glyph height and its widest glyph
 
 
+def assets_dir() -> Path:
+    return Path(str(resources.files("vlp.data") / "assets"))
+
+
 def font_files() -> list[Path]:
-    """The shipped Unifont ``.hex.gz`` files (the Basic Multilingual Plane, then the upper planes)."""
-    assets = Path(str(resources.files("vlp.data") / "assets"))
-    return sorted(assets.glob("unifont*.hex.gz"))
+    """The shipped Unifont ``.hex.gz`` files."""
+    return sorted(assets_dir().glob("unifont*.hex.gz"))
+
+
+@functools.lru_cache(maxsize=1)
+def combining_offsets() -> dict[int, int]:
+    """Unifont's combining table: code point -> columns from the end of the previous glyph at
+    which the mark starts (-8, -16, ...; 0 = drawn in place, no offset given)."""
+    offsets = {}
+    for path in sorted(assets_dir().glob("unifont*-combining.txt")):
+        for line in path.read_text(encoding="ascii").splitlines():
+            code, _, offset = line.partition(":")
+            if code.strip():
+                offsets[int(code, 16)] = int(offset)
+    return offsets
 
 
 class UnifontHex:
@@ -118,6 +139,19 @@ def missing_glyph(cp: int) -> tuple[np.ndarray, int]:
     return cell, width
 
 
+def overlay(base: np.ndarray, width: int, mark: np.ndarray, mark_width: int,
+            offset: int | None) -> tuple[np.ndarray, int]:
+    """``mark`` drawn into the cell of ``base`` (``width`` columns), starting ``-offset``
+    columns before its end (Unifont's combining offset), or right-aligned when None; columns
+    outside the cell are dropped."""
+    start = width + offset if offset is not None else width - mark_width
+    merged = base.copy()
+    lo, hi = max(start, 0), min(start + mark_width, CELL)
+    if hi > lo:
+        merged[:, lo:hi] |= mark[:, lo - start : hi - start]
+    return merged, width
+
+
 class TextRenderer:
     """Texts -> images ``[B, 3, image_size, image_size]``, normalised as the image transforms
     normalise images (see the module docstring for the rendering, after big_vision's
@@ -136,7 +170,8 @@ class TextRenderer:
         mean, std: the normalisation of the images (vlp.data.transforms' defaults: CLIP's).
         cache_size: rendered texts kept per process (least recently used dropped), so a
             caption or prompt seen again is not drawn again; 0 = no cache.
-        font: Unifont ``.hex`` / ``.hex.gz`` files; None = the ones shipped with vlp.
+        font: Unifont ``.hex`` / ``.hex.gz`` files (e.g. a release with the upper planes);
+            None = the one shipped with vlp. Unifont's shipped combining table applies to any.
 
     Calling it on a list of strings gives the float tensor ``[B, 3, H, W]`` (as a tokenizer
     gives ids); ``pixels(text)`` gives one image as uint8 ``[3, H, W]`` before normalisation.
@@ -193,7 +228,7 @@ class TextRenderer:
         """One float ``[font_size, w]`` array per drawn character (ink 1, paper 0): combining
         marks merged into the cell before them, format characters dropped, cells resized to
         ``font_size`` and (unless ``monospace``) trimmed."""
-        font = self.font
+        font, offsets = self.font, combining_offsets()
         space = font.cell(0x20) or (np.zeros((CELL, CELL), dtype=bool), CELL // 2)
         glyphs: list[tuple[np.ndarray, int]] = []
         for cp in self.characters(text):
@@ -205,14 +240,9 @@ class TextRenderer:
             if category == "Cf":  # zero-width joiners, marks of direction, variation selectors
                 continue
             glyph = font.cell(cp) or missing_glyph(cp)
-            if category in ("Mn", "Me") and glyphs:
-                base, width = glyphs[-1]
-                mark, mark_width = glyph
-                merged = base.copy()
-                # Unifont draws a mark where it falls when laid over the end of the glyph before
-                start = max(0, width - mark_width)
-                merged[:, start : start + mark_width] |= mark[:, :mark_width]
-                glyphs[-1] = (merged, width)
+            offset = offsets.get(cp) or None
+            if glyphs and (offset is not None or category in ("Mn", "Me")):
+                glyphs[-1] = overlay(*glyphs[-1], *glyph, offset)
             else:
                 glyphs.append(glyph)
         out = []
@@ -267,12 +297,15 @@ class TextRenderer:
         if isinstance(texts, str):
             texts = [texts]
         size = self.image_size
-        grey = torch.from_numpy(np.stack([self._grey(self._coverage(t)) for t in texts])) if texts else \
-            torch.zeros(0, size, size, dtype=torch.uint8)
-        x = grey.unsqueeze(1).expand(-1, 3, -1, -1).float().div(255)  # as torchvision's ToTensor
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return x.sub(mean).div(std)  # as torchvision's Normalize
+        if not texts:
+            return torch.zeros(0, 3, size, size)
+        grey = torch.from_numpy(np.stack([self._grey(self._coverage(t)) for t in texts]))
+        # every grey level's normalised value per channel, computed as torchvision's ToTensor
+        # (x / 255) and Normalize ((x - mean) / std) compute it, so the values are those of an
+        # image with these pixels; looked up rather than computed per pixel (1.7x faster)
+        levels = torch.arange(256, dtype=torch.uint8).float().div(255)
+        table = levels.view(256, 1).sub(torch.tensor(self.mean)).div(torch.tensor(self.std))  # [256, 3]
+        return F.embedding(grey.long(), table).permute(0, 3, 1, 2).contiguous()
 
     def _grey(self, coverage: np.ndarray) -> np.ndarray:
         """uint8 grey levels: background + ink * (foreground - background), truncated as

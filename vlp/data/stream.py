@@ -135,7 +135,8 @@ def buffer_shuffle(items, size: int, rng: random.Random):
 
 
 class ShardStream(IterableDataset):
-    """Training batches ``{"image": [B,3,H,W], "text": [B,L], "caption": list, "_state": dict}``.
+    """Training batches ``{"image": [B,3,H,W], "text": [B,L] (rendered: [B,3,H,W]), "caption": list,
+    "_state": dict}``.
 
     ``_state`` (removed by the DataModule before the batch reaches the model) says which
     worker made the batch, its position after it, and the samples it read, skipped and
@@ -144,7 +145,9 @@ class ShardStream(IterableDataset):
     Args:
         shards: local or remote shard urls.
         decode: per-sample decoder (see SampleDecoder).
-        tokenizer: list[str] -> LongTensor [B, L].
+        tokenizer: list[str] -> LongTensor [B, L], or a text renderer (CLIPPO,
+            vlp.data.render.TextRenderer): list[str] -> images [B, 3, H, W], drawn here in the
+            worker.
         batch_size: samples per batch.
         batches_per_worker: epoch length of each worker.
         shuffle_buffer: sample shuffle buffer size.

@@ -82,6 +82,9 @@ class CaptioningLoss(Objective):
         if needs:
             raise VLPError(f"objective {self.name} needs a text tower with {', '.join(needs)} "
                            "(vlp.towers.CoCaTextTower)")
+        if getattr(text, "causal", True) is False:
+            raise VLPError(f"objective {self.name} needs a causal text tower: a bidirectional one lets each "
+                           "position see the token it is to predict")
         if not isinstance(getattr(image, "width", None), int):
             raise VLPError(f"objective {self.name} needs an image tower that reports its token width")
         try:
