@@ -107,3 +107,15 @@ def label_ids(task: EvalTask, labels: list, classnames: list[str], what: str) ->
     if unknown:
         raise VLPError(f"task {task.name}: {what} labels {unknown[:5]} are not among its classnames")
     return torch.tensor([index[str(x)] for x in labels])
+
+
+def labelled_train_test(task: EvalTask, run: EvalRun):
+    """The features of a task's test set (``task.shards``) and train set (``task.train_shards``),
+    the classes (``task.classnames``, or every label seen in either), and both label tensors:
+    ``(test, train, classnames, test_y, train_y)``; the probes (linear, few-shot) start here."""
+    test = run.features(task.shards, label_field=task.label_field)
+    train = run.features(task.train_shards, label_field=task.label_field)
+    classnames = task.classnames or sorted(set(map(str, test.labels)) | set(map(str, train.labels)))
+    return (test, train, classnames, label_ids(task, test.labels, classnames, "test"),
+            label_ids(task, train.labels, classnames, "train"))
+

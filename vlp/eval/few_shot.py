@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vlp.errors import VLPError
-from vlp.eval.base import EvalRun, EvalTask, label_ids, logit_scale
+from vlp.eval.base import EvalRun, EvalTask, labelled_train_test, logit_scale
 from vlp.eval.metrics import classification_metrics
 from vlp.eval.templates import resolve_templates
 from vlp.eval.zeroshot import zeroshot_weights
@@ -146,11 +146,7 @@ class FewShot(EvalTask):
         return [k for k in metrics if k.endswith("_top1")]
 
     def evaluate(self, run: EvalRun) -> tuple[dict[str, float], dict, int]:
-        test = run.features(self.shards, label_field=self.label_field)
-        train = run.features(self.train_shards, label_field=self.label_field)
-        classnames = self.classnames or sorted(set(map(str, test.labels)) | set(map(str, train.labels)))
-        y = label_ids(self, test.labels, classnames, "test")
-        train_y = label_ids(self, train.labels, classnames, "train")
+        test, train, classnames, y, train_y = labelled_train_test(self, run)
         weights = zeroshot_weights(run.module, run.data, classnames, self.templates, run.rank, run.world).cpu()
         metrics, details = few_shot(train.image, train_y, test.image, y, weights, logit_scale(run.module), self.shots,
                                     self.seeds, self.inits, self.steps, self.lr, self.weight_decay)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from vlp.errors import VLPError
-from vlp.eval.base import EvalRun, EvalTask, label_ids
+from vlp.eval.base import EvalRun, EvalTask, labelled_train_test
 from vlp.eval.metrics import classification_metrics
 
 
@@ -100,11 +100,7 @@ class LinearProbe(EvalTask):
         return {"shards": self.shards, "train_shards": self.train_shards}
 
     def evaluate(self, run: EvalRun) -> tuple[dict[str, float], dict, int]:
-        test = run.features(self.shards, label_field=self.label_field)
-        train = run.features(self.train_shards, label_field=self.label_field)
-        classnames = self.classnames or sorted(set(map(str, test.labels)) | set(map(str, train.labels)))
-        y = label_ids(self, test.labels, classnames, "test")
-        train_y = label_ids(self, train.labels, classnames, "train")
+        test, train, classnames, y, train_y = labelled_train_test(self, run)
         metrics, details = linear_probe(train.image, train_y, test.image, y, len(classnames), self.weight_decays,
                                         self.val_fraction)
         return metrics, {**details, "num_classes": len(classnames), "num_train_samples": len(train)}, len(test)
