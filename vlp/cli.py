@@ -504,7 +504,31 @@ def main(argv: list[str] | None = None) -> None:
         run_cli(argv)
     except VLPError as e:
         print(f"vlp: error: {e}", file=sys.stderr)
+        _leave_distributed(2)
         sys.exit(2)
+    except SystemExit as e:  # e.g. a run stopped by a signal
+        _leave_distributed(e.code if isinstance(e.code, int) else 1)
+        raise
+    _leave_distributed(0)
+
+
+def _leave_distributed(code: int) -> None:
+    """After a distributed run (a process group exists): destroy the process group and leave
+    with ``code`` without the interpreter's teardown, where gloo's threads now and then abort a
+    finished run ("terminate called without an active exception", exit status -6 instead of 0).
+    Everything of the run is written by then (checkpoints, logs, the printed summary, flushed
+    here). In a one-process run this returns and the caller goes on as usual."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - leaving anyway; the run's own outcome is what counts
+        pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
