@@ -59,3 +59,15 @@ def tiny_module():
                            model_kwargs=dict(patch_size=8, embed_dim=64, depth=2, num_heads=2))
     text = TextTransformer(context_length=16, width=64, layers=2, heads=2, embed_dim=64)
     return VLPModule({"image": image, "text": text}, [ContrastiveLoss()])
+
+
+def fit_tiny_checkpoint(recipe: str, tmp):
+    """A 2-step run of ``recipe`` at test size and its checkpoint: ``(cli, path)``."""
+    from vlp.cli import run_cli
+
+    cli = run_cli(["fit", "--recipe", recipe, *TINY, "--trainer.max_steps", "2", "--trainer.logger", "false",
+                   "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false",
+                   "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp)])
+    path = tmp / "run" / "checkpoints" / "last.ckpt"
+    cli.trainer.save_checkpoint(path)
+    return cli, path

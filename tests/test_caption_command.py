@@ -5,20 +5,14 @@ import json
 import pytest
 import torch
 
-from tests.conftest import TINY
-from vlp.cli import main, run_cli
+from tests.conftest import fit_tiny_checkpoint
+from vlp.cli import main
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A 2-step coca_tiny run at test size (32-px images) and its checkpoint."""
-    tmp = tmp_path_factory.mktemp("coca")
-    cli = run_cli(["fit", "--recipe", "coca_tiny", *TINY, "--trainer.max_steps", "2", "--trainer.logger", "false",
-                   "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false",
-                   "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp)])
-    path = tmp / "run" / "checkpoints" / "last.ckpt"
-    cli.trainer.save_checkpoint(path)
-    return cli, path
+    return fit_tiny_checkpoint("coca_tiny", tmp_path_factory.mktemp("coca"))
 
 
 def _png(tmp_path):

@@ -6,22 +6,16 @@ import sys
 
 import pytest
 import torch
-from tests.conftest import TINY
+from tests.conftest import fit_tiny_checkpoint
 
-from vlp.cli import main, run_cli
+from vlp.cli import main
 from vlp.eval.tasks import load_task
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A 2-step clip_tiny run at test size (32-px images) and its checkpoint."""
-    tmp = tmp_path_factory.mktemp("fit")
-    cli = run_cli(["fit", "--recipe", "clip_tiny", *TINY, "--trainer.max_steps", "2", "--trainer.logger", "false",
-                   "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false",
-                   "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp)])
-    path = tmp / "run" / "checkpoints" / "last.ckpt"
-    cli.trainer.save_checkpoint(path)
-    return cli, path
+    return fit_tiny_checkpoint("clip_tiny", tmp_path_factory.mktemp("fit"))
 
 
 def test_eval_writes_one_json_per_task_equal_to_the_in_memory_model(trained, tmp_path, capsys):
