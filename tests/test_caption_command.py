@@ -71,3 +71,12 @@ def test_captioning_eval_task_through_vlp_eval(trained, tmp_path, capsys):
     assert len(examples) == 5 and examples[0]["references"] and isinstance(examples[0]["caption"], str)
     assert "cider" in capsys.readouterr().out
     assert torch.isfinite(torch.tensor(list(record["metrics"].values()))).all()
+
+
+def test_zeroshot_scored_by_the_decoder_through_vlp_eval(trained, tmp_path):
+    _, ckpt = trained
+    main(["eval", "--ckpt", str(ckpt), "--task", "emoji_google_test_category_decoder", "--out", str(tmp_path),
+          "--batch_size", "128"])
+    record = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert record["kind"] == "zeroshot" and record["details"] == {"num_classes": 9, "scorer": "decoder"}
+    assert record["num_samples"] == 385 and 0 <= record["metrics"]["top1"] <= 1

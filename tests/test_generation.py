@@ -145,6 +145,30 @@ def test_generation_with_fsdp2_sharded_parameters_gives_the_unsharded_captions(c
             assert torch.equal(ids, rows[:, :width]) and (rows[:, width:] == SPEC.pad_id).all()
 
 
+def test_log_likelihood_sums_the_step_by_step_log_probabilities_of_each_text(captioner):
+    from vlp.generation import _Steps
+
+    g = torch.Generator().manual_seed(3)
+    texts = torch.full((4, SPEC.context_length), SPEC.pad_id)
+    for row, n in enumerate([1, 3, 6, 8]):  # start, n ids, end, padding
+        texts[row, 0] = SPEC.bos_id
+        texts[row, 1:n + 1] = torch.randint(3, SPEC.vocab_size, (n,), generator=g)
+        texts[row, n + 1] = SPEC.eos_id
+    got = captioner.log_likelihood(IMAGES, texts, chunk=3)  # chunks that split an image's texts
+    module = captioner.module.eval()
+    with torch.no_grad():
+        image = module.run_tower("image", IMAGES, tokens=True).tokens
+        for i in range(len(IMAGES)):
+            for t, row in enumerate(texts):
+                length = int((row != SPEC.pad_id).sum())
+                steps = _Steps(captioner.text_tower, captioner.objective.decoder, image[i:i + 1], None, True)
+                total = sum(float(steps.logits(row[None, :k + 1]).log_softmax(-1)[0, row[k + 1]])
+                            for k in range(length - 1))
+                assert got[i, t].item() == pytest.approx(total, abs=1e-4)
+    with pytest.raises(VLPError, match=r"token ids \[P, L\]"):
+        captioner.log_likelihood(IMAGES, texts[:, :1])
+
+
 def test_top_k_and_top_p_keep_the_likeliest_tokens():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[False, False, True, True]]
@@ -192,3 +216,5 @@ def test_a_tiny_coca_overfits_four_emoji_and_captions_them_exactly():
     captioner = Captioner(module)
     assert tok.decode(captioner.generate(images, "greedy").ids) == captions
     assert tok.decode(captioner.generate(images, "beam", num_beams=3).ids) == captions
+    # scored by the decoder, each image's own caption is the likeliest of the four (CapPa)
+    assert torch.equal(captioner.log_likelihood(images, tok(captions)).argmax(1), torch.arange(4))

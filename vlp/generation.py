@@ -193,6 +193,45 @@ class Captioner:
         finally:
             module.train(was_training)
 
+    def log_likelihood(self, images: torch.Tensor, texts: torch.Tensor, chunk: int = 64) -> torch.Tensor:
+        """``[B, P]``: the log-probability the decoder gives each of ``P`` texts (the tokenizer's
+        ids ``[P, L]``: start id, text, end-of-text id, padding) as the caption of each of ``B``
+        images: the sum over the text's tokens after the start token, the end-of-text token
+        included, padding excluded (CapPa's zero-shot scoring, Tschannen et al. 2023).
+
+        The text tower runs once per text (it does not see the image); the decoder runs on
+        every (image, text) pair, ``chunk`` pairs at a time (the same number of passes for
+        equal shapes, as sharded parameters need on every rank)."""
+        spec = self.spec
+        if texts.dim() != 2 or texts.shape[1] < 2:
+            raise VLPError(f"log_likelihood needs token ids [P, L] with L >= 2, got {tuple(texts.shape)}")
+        module = self.module
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.no_grad(), gathered(self.text_tower, self.objective):
+                device = next(self.objective.decoder.parameters()).device
+                texts = texts.to(device)
+                used = int((texts != spec.pad_id).sum(1).max())  # the longest text; the rest is padding
+                texts = texts[:, : max(used, 2)]
+                states = self.text_tower(texts, tokens=True).tokens[:, :-1]  # [P, l-1, W]
+                labels = texts[:, 1:]
+                real = labels != spec.pad_id
+                image = module.run_tower("image", images, tokens=True)
+                tokens, mask = image.tokens, image.token_mask
+                mask = None if mask is None or bool(mask.all()) else mask
+                b, p = images.shape[0], texts.shape[0]
+                pairs = torch.arange(b * p, device=device)
+                scores = torch.empty(b * p, device=device)
+                for part in pairs.split(chunk):
+                    i, t = part // p, part % p
+                    logits = self.objective.decoder(states[t], tokens[i], None if mask is None else mask[i])
+                    logp = logits.float().log_softmax(-1).gather(2, labels[t, :, None]).squeeze(2)
+                    scores[part] = (logp * real[t]).sum(1)
+                return scores.view(b, p)
+        finally:
+            module.train(was_training)
+
     def _processed(self, logits: torch.Tensor, seqs: torch.Tensor, step: int, min_length: int,
                   repetition_penalty: float) -> torch.Tensor:
         """The processed logits ``[A, V]`` of step ``step`` (0 = the first token after start)."""

@@ -469,3 +469,40 @@ def test_a_truncated_eval_shard_is_an_error_naming_it(tiny_module, tmp_path):
     open(shard, "wb").write(data[: member.offset_data + 10])
     with pytest.raises(VLPError, match="eval shard unreadable: .*cut.tar"):
         extract_features(tiny_module, [shard], EvalData(TextTokenizer(context_length=16), 32), captions=["txt"])
+
+
+def test_zeroshot_scored_by_the_decoder_is_the_mean_template_log_likelihood(tmp_path):
+    from PIL import Image
+
+    from tests.test_generation import tiny_coca
+    from vlp.eval.zeroshot import ZeroShotClassification
+    from vlp.generation import Captioner
+
+    tok = TextTokenizer(context_length=10)
+    module = tiny_coca(tok.spec, width=32)
+    shards = _shard(tmp_path / "s.tar", 7)
+    data = EvalData(tok, 32)
+    templates = ["{}", "a {} thing"]
+    task = ZeroShotClassification(shards, "label", None, templates, scorer="decoder")
+    result = task.run(module, data, batch_size=3)
+    # by hand: every image against every filled template, averaged per class
+    images = torch.stack([data.transform()(Image.new("RGB", (16, 16), (20 * i % 255, 40, 200)))
+                          for i in range(7)])
+    classes = ["c0", "c1", "c2"]
+    ll = Captioner(module).log_likelihood(images, tok([t.format(c) for c in classes for t in templates]))
+    scores = ll.view(7, 3, 2).mean(2)
+    expected = classification_metrics(scores, torch.tensor([i % 3 for i in range(7)]))
+    assert result["metrics"] == pytest.approx(expected)
+    assert result["num_samples"] == 7 and result["details"]["scorer"] == "decoder"
+    contrastive = ZeroShotClassification(shards, "label", None, templates).run(module, data, batch_size=3)
+    assert contrastive["num_samples"] == 7
+    with pytest.raises(VLPError, match="unknown zero-shot scorer"):
+        ZeroShotClassification(shards, "label", scorer="captions")
+
+
+def test_zeroshot_decoder_scorer_needs_a_captioning_objective(tiny_module, tmp_path):
+    from vlp.eval.zeroshot import ZeroShotClassification
+
+    task = ZeroShotClassification(_shard(tmp_path / "s.tar", 3), "label", templates="name", scorer="decoder")
+    with pytest.raises(VLPError, match="one captioning objective"):
+        task.run(tiny_module, EvalData(TextTokenizer(context_length=16), 32))

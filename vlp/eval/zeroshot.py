@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from contextlib import nullcontext
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
-from vlp.data.eval_set import EvalData, share_size
+from vlp.data.eval_set import PAD, EvalData, EvalStream, field_value, share_size
+from vlp.data.shards import expand_shards
+from vlp.data.tar_reader import ShardError, tar_samples
 from vlp.errors import VLPError
 from vlp.eval.base import EvalRun, EvalTask, label_ids
 from vlp.eval.features import gather_objects
@@ -50,9 +56,57 @@ def zeroshot_weights(module, data: EvalData, classnames: list[str], templates: l
     return torch.stack(out)
 
 
+def set_labels(shards: list[str], label_field: str) -> list:
+    """Every sample's label in set order, read without decoding images."""
+    labels = []
+    for url in shards:
+        try:
+            for sample in tar_samples(url):
+                info = json.loads(sample["json"]) if "json" in sample else None
+                labels.append(field_value(sample, info, label_field))
+        except ShardError as e:
+            raise VLPError(f"eval shard unreadable: {e}") from None
+    return labels
+
+
+@torch.no_grad()
+def decoder_scores(run: EvalRun, shards: list[str], classnames: list[str], templates: list[str],
+                   objective: str | None = None) -> torch.Tensor:
+    """``[N, C]`` scores of the set's images in set order: per class, the mean
+    over templates of the log-likelihood the captioning decoder gives the filled template
+    (vlp.generation.Captioner.log_likelihood). Each rank scores its equal share."""
+    from vlp.generation import Captioner
+
+    captioner = Captioner(run.module, objective)
+    prompts = run.data.tokenizer([fill(t, c) for c in classnames for t in templates])  # class-major
+    stream = EvalStream(shards, run.data.transform(), run.data.tokenizer, run.batch_size, (), None, run.rank,
+                        run.world)
+    loader = DataLoader(stream, batch_size=None, num_workers=run.data.num_workers)
+    local: dict[int, torch.Tensor] = {}
+    for batch in loader:
+        with run.autocast() if run.autocast else nullcontext():
+            ll = captioner.log_likelihood(batch["image"].to(run.module.device), prompts)
+        per_class = ll.view(len(batch["index"]), len(classnames), len(templates)).mean(2).cpu()
+        for index, row in zip(batch["index"].tolist(), per_class):
+            if index != PAD:
+                local[index] = row
+    scores: dict[int, torch.Tensor] = {}
+    for part in gather_objects(local, run.world):
+        scores.update(part)
+    if sorted(scores) != list(range(len(scores))):
+        raise VLPError(f"decoder zero-shot scored samples {len(scores)} but not numbered 0..N-1")
+    return torch.stack([scores[i] for i in range(len(scores))])
+
+
 class ZeroShotClassification(EvalTask):
     """Zero-shot classification: the classifier of a class is the mean of its normalised
     prompt embeddings, renormalised; an image's class is the most similar one.
+
+    ``scorer: decoder`` scores with a captioning model's decoder instead (CapPa, Tschannen
+    et al. 2023): an image's class is the one whose filled templates the decoder finds most
+    likely as its caption (mean over templates of the summed token log-probabilities, the
+    end-of-text token included). It runs the decoder once per (image, class, template):
+    a small template set (``emoji``, ``name``) keeps it fast.
 
     Args:
         shards: the eval set (path, brace / glob pattern, ``builtin:emoji/...``, ``a::b``).
@@ -61,6 +115,9 @@ class ZeroShotClassification(EvalTask):
         classnames: the classes, in order; None = the sorted labels found.
         templates: the prompts: a set (``imagenet80``, ``imagenet7``, ``emoji``, ``name``), a
             list with ``{}`` for the class name, or a ``.txt`` / ``.yaml`` file.
+        scorer: ``contrastive`` (the embeddings) or ``decoder`` (the captioning objective's
+            decoder; vlp.objectives.CaptioningLoss).
+        objective: with ``scorer: decoder``, the captioning objective's name (None: the only one).
         name: the task's name in results (default: the task file's name).
         description: what the task measures.
 
@@ -71,15 +128,28 @@ class ZeroShotClassification(EvalTask):
     headline = ("top1", "top5", "mean_per_class_recall")
 
     def __init__(self, shards: str, label_field: str, classnames: list[str] | None = None,
-                 templates: str | list[str] = "imagenet80", name: str | None = None, description: str = ""):
+                 templates: str | list[str] = "imagenet80", scorer: Literal["contrastive", "decoder"] = "contrastive",
+                 objective: str | None = None, name: str | None = None, description: str = ""):
         super().__init__(shards, name, description)
         if not label_field:
             raise VLPError("label_field is empty")
+        if scorer not in ("contrastive", "decoder"):
+            raise VLPError(f"unknown zero-shot scorer {scorer!r}: expected contrastive or decoder")
         self.label_field = label_field
         self.classnames = classnames
         self.templates = resolve_templates(templates)
+        self.scorer, self.objective = scorer, objective
 
     def evaluate(self, run: EvalRun) -> tuple[dict[str, float], dict, int]:
+        if self.scorer == "decoder":
+            urls = expand_shards(self.shards)
+            labels = set_labels(urls, self.label_field)
+            classnames = self.classnames or sorted(set(map(str, labels)))
+            y = label_ids(self, labels, classnames, "test")
+            scores = decoder_scores(run, urls, classnames, self.templates, self.objective)
+            if len(scores) != len(y):
+                raise VLPError(f"task {self.name}: scored {len(scores)} images of {len(y)} labelled samples")
+            return classification_metrics(scores, y), {"num_classes": len(classnames), "scorer": "decoder"}, len(y)
         feats = run.features(self.shards, label_field=self.label_field)
         classnames = self.classnames or sorted(set(map(str, feats.labels)))
         y = label_ids(self, feats.labels, classnames, "test")
