@@ -3,6 +3,9 @@
     pip install -e '.[bench]'   # matplotlib for the plot
     python benchmarks/compare_recipes.py --recipes clip_tiny,flip_tiny,slip_tiny,siglip_tiny \
         --budget-minutes 4 [--steps N] [--points 6] [extra vlp fit overrides ...]
+    # per-language retrieval (CLIPPO vs CLIP), its own result files:
+    python benchmarks/compare_recipes.py --recipes clip_tiny,clippo_tiny,clippo_multilingual_tiny \
+        --budget-minutes 4 --languages en,zh,ja,de,fr --name compare_languages
 
 Adding a recipe to the comparison is naming it in ``--recipes``. For each recipe: time a few
 real training steps and one learning-curve evaluation in-process (data loading included),
@@ -13,6 +16,11 @@ every recipe trains N steps instead (same steps, no time limit). The recipe's Ev
 callback also evaluates google-test retrieval and category zero-shot about ``--points``
 times during training; its ``eval/train_seconds`` (training wall-clock without the
 evaluations) is the time axis of the curve.
+
+``--languages`` adds the built-in google-test retrieval task of each language
+(``emoji_google_test_retrieval_<lang>``; ``en`` is ``emoji_google_test_retrieval``) to every
+recipe's end-of-run evaluation and reports its R@1 and R@5 both ways instead of the default
+columns. ``--name`` names the result files (default ``compare_recipes``).
 
 Reports wall time, steps, samples/s, parameters, peak memory of the training process, and
 the recipe's end-of-run emoji evaluation; appends the table to
@@ -92,17 +100,32 @@ def calibrate(recipe: str, extra: list[str], steps: int) -> dict:
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 
-def curve_callbacks(recipe: str, every_n_steps: int) -> str:
-    """The recipe's callbacks with its EvalTasks also evaluating the curve's tasks every N steps."""
+def language_metrics(languages: list[str]) -> list[tuple[str, str, str]]:
+    """Google-test retrieval per language: R@1 and R@5 image->text and text->image."""
+    out = []
+    for lang in languages:
+        task = "emoji_google_test_retrieval" + ("" if lang == "en" else f"_{lang}")
+        for metric, label in (("image_to_text_R@1", "i->t R@1"), ("image_to_text_R@5", "i->t R@5"),
+                              ("text_to_image_R@1", "t->i R@1"), ("text_to_image_R@5", "t->i R@5")):
+            out.append((task, metric, f"{lang} {label}"))
+    return out
+
+
+def curve_callbacks(recipe: str, every_n_steps: int, tasks: list[str] = ()) -> str:
+    """The recipe's callbacks with its EvalTasks also evaluating the curve's tasks every N steps
+    (and ``tasks`` at the end, beside the recipe's own)."""
     callbacks = load_recipe(recipe)["trainer"]["callbacks"]
     evals = [c for c in callbacks if c["class_path"].endswith("EvalTasks")]
     if not evals:
         raise SystemExit(f"{recipe} has no EvalTasks callback to evaluate with")
-    evals[0]["init_args"].update(every_n_steps=every_n_steps, periodic_tasks=sorted({t for t, _, _ in CURVE}))
+    args = evals[0]["init_args"]
+    args.update(every_n_steps=every_n_steps, periodic_tasks=sorted({t for t, _, _ in CURVE}))
+    args["tasks"] = list(args.get("tasks") or []) + [t for t in tasks if t not in (args.get("tasks") or [])]
     return json.dumps(callbacks)
 
 
-def run(recipe: str, extra: list[str], budget_s: float, cal: dict, points: int, steps: int | None) -> dict:
+def run(recipe: str, extra: list[str], budget_s: float, cal: dict, points: int, steps: int | None,
+        tasks: list[str] = ()) -> dict:
     if steps:
         epochs, planned = None, steps
         limits = ["--trainer.max_steps", str(steps), "--trainer.max_epochs", "-1"]
@@ -115,7 +138,7 @@ def run(recipe: str, extra: list[str], budget_s: float, cal: dict, points: int, 
     every = max(1, round(planned / points))
     work = tempfile.mkdtemp(prefix=f"vlp-compare-{recipe}-")
     cmd = [sys.executable, "-c", WRAPPER, "fit", "--recipe", recipe, *limits, "--trainer.enable_progress_bar", "false",
-           "--trainer.default_root_dir", work, "--trainer.callbacks", curve_callbacks(recipe, every), *extra]
+           "--trainer.default_root_dir", work, "--trainer.callbacks", curve_callbacks(recipe, every, tasks), *extra]
     start = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=work, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     wall = time.perf_counter() - start
@@ -160,19 +183,25 @@ def main() -> None:
     ap.add_argument("--steps", type=int, help="train every recipe this many steps instead of a time budget")
     ap.add_argument("--points", type=int, default=6, help="learning-curve evaluations during training")
     ap.add_argument("--calibrate-steps", type=int, default=10)
+    ap.add_argument("--languages", help="report google-test retrieval in these languages (en,zh,ja,de,fr)")
+    ap.add_argument("--name", default="compare_recipes", help="result files' name")
     args, extra = ap.parse_known_args()
     budget = 60 * args.budget_minutes
+    metrics = language_metrics(args.languages.split(",")) if args.languages else METRICS
+    tasks = sorted({t for t, _, _ in metrics})
     rows = []
     for recipe in args.recipes.split(","):
         cal = calibrate(recipe, extra, args.calibrate_steps)
-        row = run(recipe, extra, budget, cal, args.points, args.steps)
+        row = run(recipe, extra, budget, cal, args.points, args.steps, tasks)
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k not in ("results", "curve", "initial")}), flush=True)
     head = ["recipe", "epochs", "steps", "wall s", "train s", "samples/s (whole run)", "samples/s (training)",
-            "train step s", "params (trainable)", "peak RSS MB", *[m[2] for m in METRICS]]
+            "train step s", "params (trainable)", "peak RSS MB", *[m[2] for m in metrics]]
     limit = f"{args.steps} steps" if args.steps else f"budget {args.budget_minutes:g} min"
     command = (f"python benchmarks/compare_recipes.py --recipes {args.recipes} "
                + (f"--steps {args.steps}" if args.steps else f"--budget-minutes {args.budget_minutes:g}")
+               + (f" --languages {args.languages}" if args.languages else "")
+               + (f" --name {args.name}" if args.name != "compare_recipes" else "")
                + (" " + " ".join(extra) if extra else ""))
     lines = [
         f"\n## {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores ({platform.machine()}), {limit} per recipe",
@@ -187,14 +216,14 @@ def main() -> None:
                  f"{r['samples_per_s']:.1f}", f"{r['train_samples_per_s']:.1f}",
                  f"{r['step_s']:.3f}", f"{r['params'] / 1e6:.1f} M ({r['trainable'] / 1e6:.1f} M)",
                  f"{r['peak_rss_mb']:.0f}"]
-        cells += [f"{100 * r['results'].get(t, {}).get(m, float('nan')):.1f}%" for t, m, _ in METRICS]
+        cells += [f"{100 * r['results'].get(t, {}).get(m, float('nan')):.1f}%" for t, m, _ in metrics]
         lines.append("| " + " | ".join(cells) + " |")
-    out = HERE / "results" / "compare_recipes.md"
+    out = HERE / "results" / f"{args.name}.md"
     if not out.exists():
         out.write_text("# Recipes side by side: same data, same wall-clock budget\n\nEach recipe's schedule is "
                        "sized to the budget from a short in-process timing; `trainer.max_time` is the hard stop. "
                        "Peak RSS is the training process's (data workers not included).\n")
-    stem = "compare_recipes" + ("_steps" if args.steps else "")
+    stem = args.name + ("_steps" if args.steps else "")
     (HERE / "results" / f"{stem}_curves.json").write_text(json.dumps(
         {"command": command, "curves": {r["recipe"]: r["curve"] for r in rows}}, indent=1))
     plot(rows, HERE / "results" / f"{stem}.png", f"{command}  ({os.cpu_count()} CPU cores)")
