@@ -20,8 +20,11 @@ class CoCaImageTower(TimmImageTower):
 
     Output (TowerOutput): ``tokens [B, pool_queries, pool_width]`` (all real: ``token_mask``
     all True, no prefix tokens), ``features [B, pool_width]`` the contrastive query's output,
-    ``pooled [B, embed_dim]`` its projection. Both pooled outputs pass one LayerNorm
-    (open_clip's ``ln_post`` after the pooler). ``tokens=False`` skips the decoder pooler (same
+    ``pooled [B, embed_dim]`` its projection. The trunk's tokens arrive normalised (timm's
+    final norm) and both pooled outputs pass one more shared LayerNorm: open_clip's original
+    CoCa (one pooler) normalises after it, its ``parallel`` mode before the poolers only
+    (benchmarks/open_clip_coca.py maps these weights onto open_clip's CoCa exactly by adding
+    the after-pool norm there). ``tokens=False`` skips the decoder pooler (same
     ``pooled``). So ContrastiveLoss reads ``image.pooled`` unchanged and CaptioningLoss reads
     ``image.tokens``.
 
