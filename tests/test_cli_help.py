@@ -61,7 +61,7 @@ def test_deepspeed_recipe_without_deepspeed_says_how_to_install(capsys, monkeypa
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
     line = _error_line(capsys, ["fit", "--recipe", "flip_vit_l"])
-    assert line == ("vlp: error: trainer.strategy deepspeed_stage_2 needs DeepSpeed, which is not installed: "
+    assert line == ("vlp: error: trainer.strategy vlp_deepspeed_stage_2 needs DeepSpeed, which is not installed: "
                     "pip install -e '.[deepspeed]' (or choose another, e.g. --trainer.strategy ddp)")
     class_path = "{class_path: lightning.pytorch.strategies.DeepSpeedStrategy, init_args: {stage: 3}}"
     line = _error_line(capsys, ["fit", "--recipe", "clip_tiny", "--trainer.strategy", class_path])

@@ -94,7 +94,7 @@ def test_every_tiny_recipe_trains(name, tmp_path):
 
 def test_paper_recipes_carry_their_settings():
     flip_l = load_recipe("flip_vit_l")
-    assert flip_l["trainer"]["strategy"] == "deepspeed_stage_2" and flip_l["trainer"]["precision"] == "bf16-mixed"
+    assert flip_l["trainer"]["strategy"] == "vlp_deepspeed_stage_2" and flip_l["trainer"]["precision"] == "bf16-mixed"
     assert flip_l["model"]["towers"]["image"]["init_args"]["mask_ratio"] == 0.5
     assert flip_l["model"]["towers"]["image"]["init_args"]["model_name"] == "vit_large_patch16_224"
     assert flip_l["model"]["optim"]["betas"] == [0.9, 0.95]

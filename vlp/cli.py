@@ -115,6 +115,9 @@ def _make_cli_class(argv: list[str], recipe: str | None = None):
             check_batch_fields(self.model, self.datamodule)
             self.model.recipe = recipe_id(recipe)
             install_atomic_checkpoints(self.trainer)
+            take_clipping = getattr(self.model.step, "take_trainer_clipping", None)
+            if callable(take_clipping):  # a step that clips itself (Lightning clips automatic steps only)
+                take_clipping(self.trainer)
             config = self.config_init[self.subcommand]
             if config.get("ckpt_path") == "last":
                 config["ckpt_path"] = find_last_checkpoint(self.trainer, self.model)
@@ -202,7 +205,7 @@ def check_strategy(trainer_config) -> None:
         name = strategy.get("class_path")
     if not isinstance(name, str):
         return
-    if (name.startswith("deepspeed") or name.rsplit(".", 1)[-1] == "DeepSpeedStrategy") \
+    if (name.startswith(("deepspeed", "vlp_deepspeed")) or name.rsplit(".", 1)[-1] == "DeepSpeedStrategy") \
             and importlib.util.find_spec("deepspeed") is None:
         raise VLPError(f"trainer.strategy {name} needs DeepSpeed, which is not installed: "
                        "pip install -e '.[deepspeed]' (or choose another, e.g. --trainer.strategy ddp)")

@@ -17,6 +17,7 @@ from vlp.errors import VLPError
 from vlp.objectives.base import Objective
 from vlp.optim import OptimConfig, build_optimizer
 from vlp.step import PlainStep, TrainStep
+from vlp.strategies import DeepSpeedStrategy  # noqa: F401 - registers the vlp_deepspeed_* strategy names
 from vlp.towers.output import TowerOutput
 
 
@@ -103,6 +104,8 @@ class VLPModule(LightningModule):
         self.objectives = nn.ModuleList(objectives)
         self.reads = read_plan(objectives, streams)
         self.step = step or PlainStep()
+        if callable(getattr(self.step, "bind", None)):
+            self.step.bind(self)  # a step refuses objectives it cannot train
         self.automatic_optimization = self.step.automatic
         self._pooled_kw = {name: _takes_tokens_flag(tower) for name, tower in self.towers.items()}
         self.optim = optim or OptimConfig()
@@ -111,6 +114,7 @@ class VLPModule(LightningModule):
         self._nonfinite_in_row = 0
         self._nonfinite_this_step = False
         self._step_rng: tuple[int, dict] | None = None  # (step, RNG states as that step began)
+        self._engine_skipped = 0  # DeepSpeed: the engine's count of skipped steps seen so far
 
     def batch_fields(self) -> set[str]:
         """The batch fields the objectives need (the towers' inputs and their own fields)."""
@@ -144,11 +148,13 @@ class VLPModule(LightningModule):
         # One sample of the data's shapes: Lightning's model summary counts the FLOPs of its
         # forward (towers, eval mode) as "Total FLOPs".
         from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+        from lightning.pytorch.strategies import DeepSpeedStrategy as AnyDeepSpeed
 
         example = getattr(self.trainer.datamodule, "example_batch", None)
         # the summary runs that forward on rank 0 alone: not with sharded parameters (FSDP2,
         # DeepSpeed), whose forward is a collective
-        replicated = isinstance(self.trainer.strategy, (SingleDeviceStrategy, DDPStrategy))
+        strategy = self.trainer.strategy
+        replicated = isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) and not isinstance(strategy, AnyDeepSpeed)
         if self.example_input_array is None and callable(example) and replicated:
             fields = {self.inputs[name] for name in self.reads}
             sample = {k: v for k, v in example().items() if k in fields}
@@ -188,7 +194,7 @@ class VLPModule(LightningModule):
     def objective_loss(self, outputs: dict[str, TowerOutput], batch: dict) -> torch.Tensor:
         """The weighted sum of the objectives on ``outputs``, each logged."""
         total = 0.0
-        batch_size = next(iter(outputs.values())).pooled.shape[0]
+        batch_size = next(t.shape[0] for o in outputs.values() for t in (o.pooled, o.features) if t is not None)
         for objective in self.objectives:
             loss, metrics = objective(outputs, batch)
             total = total + objective.weight * loss
@@ -234,7 +240,20 @@ class VLPModule(LightningModule):
         self._step_rng = (self.trainer.global_step, rng_states())
         self._nonfinite_this_step = False
 
+    def count_engine_skips(self) -> None:
+        """DeepSpeed: a step that its ZeRO optimiser skipped (gradient norm not finite) counts as
+        non-finite (a 16-mixed loss scaler's skips do not, as under the other strategies)."""
+        if self._trainer is None or self.grads_on_parameters() or self.scaler_skips_nonfinite():
+            return
+        skipped = getattr(getattr(self.trainer.strategy, "model", None), "skipped_steps", None)
+        if not isinstance(skipped, int):
+            return
+        if skipped > self._engine_skipped:
+            self.count_nonfinite()
+        self._engine_skipped = skipped
+
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.count_engine_skips()
         if not self._nonfinite_this_step:
             self._nonfinite_in_row = 0
         metrics = {"train/nonfinite_skipped": float(self.nonfinite_skipped)} if self.nonfinite_skipped else {}
