@@ -1,6 +1,7 @@
-"""DeepSpeed ZeRO 1-3 on CPUs (vlp.strategies.DeepSpeedStrategy, 2 gloo processes): the same
-losses as DDP for CLIP, SigLIP and CoCa, gradient clipping through DeepSpeed's config, a clamped
-logit scale, and a non-finite loss that skips its step.
+"""DeepSpeed ZeRO 1-3 (vlp.strategies.DeepSpeedStrategy) and FSDP2 on CPUs (2 gloo processes):
+the same losses as DDP for CLIP, SigLIP and CoCa, gradient clipping (DeepSpeed: through its
+config), a clamped logit scale, a non-finite loss that skips its step, and the end-of-run
+evaluation with sharded parameters equal to one process's on the same weights.
 
 The slow test runs this file as a script under ``torch.distributed.run`` (2 processes, one
 ``vlp fit`` after another in the same processes): one subprocess for every run."""
@@ -30,7 +31,10 @@ STRATEGIES = {
     "zero2": "vlp_deepspeed_stage_2",
     # every parameter sharded (ZeRO-3 keeps tensors under 100k elements whole by default)
     "zero3": "{class_path: vlp.strategies.DeepSpeedStrategy, init_args: {stage: 3, param_persistence_threshold: 0}}",
+    "fsdp2": "{class_path: lightning.pytorch.strategies.ModelParallelStrategy, "
+             "init_args: {data_parallel_size: 2, tensor_parallel_size: 1}}",
 }
+EVAL_TASK = "emoji_twitter_test_retrieval"  # evaluated at the end of the sharded CLIP runs
 RECIPES = {  # recipe -> extra options; ZeRO-1 runs CLIP only
     "clip_tiny": [],
     # the logit scale starts above its clamp (ln 100 = 4.605): the forward must use ln 100
@@ -41,8 +45,10 @@ RECIPES = {  # recipe -> extra options; ZeRO-1 runs CLIP only
 
 
 def _full(module) -> dict[str, torch.Tensor]:
-    """Every parameter whole, on every rank (ZeRO-3: gathered, a collective)."""
+    """Every parameter whole, on every rank (ZeRO-3, FSDP2: gathered, a collective)."""
     params = dict(module.named_parameters())
+    if any(hasattr(p, "full_tensor") for p in params.values()):  # FSDP2's DTensors
+        return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone() for n, p in params.items()}
     if any(hasattr(p, "ds_id") for p in params.values()):
         import deepspeed
 
@@ -83,6 +89,8 @@ class Probe(Callback):
         self.facts["nonfinite_skipped"] = pl_module.nonfinite_skipped
         self.facts["gradient_clipping"] = (getattr(trainer.strategy, "config", None) or {}).get("gradient_clipping")
         Path(self.out).mkdir(parents=True, exist_ok=True)
+        if trainer.global_rank == 0:  # the trained weights, for the one-process evaluation
+            torch.save(full, Path(self.out) / "weights.pt")
         with open(Path(self.out) / f"rank{trainer.global_rank}.json", "w") as f:
             json.dump(self.facts, f)
 
@@ -101,11 +109,14 @@ def _main(out: Path) -> None:
     for name, recipe in _runs():
         where = out / name / recipe
         nan_batch = NAN_BATCH if recipe == "clip_tiny" else -1
-        probe = (f"[{{class_path: tests.test_deepspeed.Probe, init_args: {{out: '{where}', "
-                 f"nan_batch: {nan_batch}}}}}]")
+        probe = (f"{{class_path: tests.test_deepspeed.Probe, init_args: {{out: '{where}', "
+                 f"nan_batch: {nan_batch}}}}}")
+        evaluate = (f", {{class_path: vlp.callbacks.EvalTasks, init_args: {{tasks: [{EVAL_TASK}], batch_size: 64}}}}"
+                    if recipe == "clip_tiny" and name in ("ddp", "zero3", "fsdp2") else "")
+        callbacks = f"[{probe}{evaluate}]"
         run_cli(["fit", "--recipe", recipe, *TINY, *RECIPES[recipe],
                  "--data.train_num_samples", "160", "--trainer.max_steps", str(STEPS), "--trainer.max_epochs", "-1",
-                 "--trainer.log_every_n_steps", "1", "--trainer.callbacks", probe,
+                 "--trainer.log_every_n_steps", "1", "--trainer.callbacks", callbacks,
                  "--trainer.gradient_clip_val", str(CLIP), "--trainer.enable_checkpointing", "false",
                  "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
                  "--trainer.strategy", STRATEGIES[name], "--trainer.logger.init_args.save_dir", str(where)])
@@ -147,7 +158,7 @@ def test_vlp_deepspeed_names_are_registered_and_start_on_cpu():
 
 
 @pytest.mark.slow
-def test_zero_1_2_3_give_the_ddp_losses_clip_and_skip_a_nonfinite_step(tmp_path):
+def test_zero_1_2_3_and_fsdp2_give_the_ddp_losses_clip_skip_a_nonfinite_step_and_evaluate(tmp_path):
     out = tmp_path / "runs"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            str(Path(__file__)), str(out)]
@@ -169,10 +180,12 @@ def test_zero_1_2_3_give_the_ddp_losses_clip_and_skip_a_nonfinite_step(tmp_path)
             # flat partitions and its global norm for the clipping), compounded over 5 AdamW
             # steps: measured up to 3.1e-7 relative (SigLIP, ZeRO-2, step 3); 1e-5 leaves margin
             assert a == pytest.approx(b, rel=1e-5, abs=1e-6, nan_ok=True), (name, recipe, mine["step"], a, b)
+        deepspeed = name.startswith("zero")
         for fact in facts:
-            assert fact["gradient_clipping"] == CLIP  # trainer.gradient_clip_val -> DeepSpeed's config
-            # the norms DeepSpeed measured before clipping: clipping was active (and matched DDP)
-            assert any(n is not None and n > CLIP for n in fact["grad_norms"]), fact["grad_norms"]
+            if deepspeed:
+                assert fact["gradient_clipping"] == CLIP  # trainer.gradient_clip_val -> DeepSpeed's config
+                # the norms DeepSpeed measured before clipping: clipping was active (and matched DDP)
+                assert any(n is not None and n > CLIP for n in fact["grad_norms"]), fact["grad_norms"]
         if recipe == "siglip_tiny":
             assert all(float(r["train/sigmoid_logit_scale"]) == pytest.approx(100.0) for r in rows)
             for fact in facts:  # the clamp passes no gradient: the master weight stays where it began
@@ -181,12 +194,35 @@ def test_zero_1_2_3_give_the_ddp_losses_clip_and_skip_a_nonfinite_step(tmp_path)
             for fact in facts:
                 assert fact["changed_in_nan_step"] is False and fact["changed_after"] is True, (name, fact)
                 assert fact["nonfinite_skipped"] == 1
-                assert fact["grad_norms"][NAN_BATCH] == math.inf  # DeepSpeed's overflow: step skipped
+                if deepspeed:
+                    assert fact["grad_norms"][NAN_BATCH] == math.inf  # DeepSpeed's overflow: step skipped
             assert float(rows[-1]["train/nonfinite_skipped"]) == 1.0
     for rank in (0, 1):  # DDP skipped the same step (the losses after it agree too)
         ddp_facts = json.loads((out / "ddp" / "clip_tiny" / f"rank{rank}.json").read_text())
         assert ddp_facts["changed_in_nan_step"] is False and ddp_facts["changed_after"] is True
         assert ddp_facts["nonfinite_skipped"] == 1
+    _check_sharded_evaluation(out)
+
+
+def _check_sharded_evaluation(out: Path) -> None:
+    """The EvalTasks numbers of the sharded runs (each rank embeds its share with sharded
+    parameters) equal one process's evaluation of the same trained weights."""
+    from tests.conftest import TINY
+    from vlp.cli import run_cli
+    from vlp.eval.tasks import load_task
+
+    cli = run_cli(["--recipe", "clip_tiny", *TINY, "--trainer.logger", "false"], run=False)
+    module, data = cli.model.eval(), cli.datamodule
+    for name in ("ddp", "zero3", "fsdp2"):
+        where = out / name / "clip_tiny"
+        loaded = module.load_state_dict(torch.load(where / "weights.pt"), strict=False)
+        params = {n for n, _ in module.named_parameters()}
+        assert not loaded.unexpected_keys and not params & set(loaded.missing_keys), name
+        single = load_task(EVAL_TASK).run(module, data.eval_data(0), batch_size=64)["metrics"]
+        sharded = json.loads(next(where.glob("*/version_0/eval.json")).read_text())
+        result = next(r for r in sharded["results"] if r["task"] == EVAL_TASK)
+        assert result["num_samples"] == 385
+        assert result["metrics"] == pytest.approx(single, abs=1e-6), name
 
 
 if __name__ == "__main__":
