@@ -105,3 +105,25 @@ def test_vlp_eval_rebuilds_the_renderer_from_the_checkpoint(clippo_run, tmp_path
     # and the same numbers as the end-of-run evaluation of `vlp fit`
     end = {r["task"]: r for r in eval_callback(cli).results}["emoji_google_test_retrieval_zh"]
     assert record["metrics"] == pytest.approx(end["metrics"], abs=1e-6)
+
+
+def test_clippo_with_siglip_loss_and_flip_masking_learns(tmp_path):
+    """CLIPPO combines with the other parts: SigLIP's loss on the shared tower, FLIP masking
+    (of images and rendered texts alike); the loss falls on a fixed batch."""
+    cli = run_cli(["--recipe", "clippo_tiny", *TINY_CLIPPO, "--trainer.logger", "false",
+                   "--model.objectives", "[{class_path: vlp.objectives.SigmoidLoss}]",
+                   "--model.towers.image.init_args.mask_ratio", "0.5"], run=False)
+    module = cli.model.train()
+    assert type(module.objectives[0]).__name__ == "SigmoidLoss" and module.share == {"text": "image"}
+    module.log = lambda *a, **k: None
+    batch = next(iter(cli.datamodule.train_dataloader()))
+    assert batch["text"].shape[1:] == (3, 32, 32)  # rendered captions
+    opt = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(8):
+        loss = module.objective_loss(module(batch), batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
