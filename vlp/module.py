@@ -240,6 +240,12 @@ class VLPModule(LightningModule):
         self._step_rng = (self.trainer.global_step, rng_states())
         self._nonfinite_this_step = False
 
+    def on_train_start(self) -> None:
+        # DeepSpeed: a resumed engine brings back the skips of the run before (counted in
+        # nonfinite_skipped, restored from vlp's state): only those from here on are new
+        skipped = getattr(getattr(self.trainer.strategy, "model", None), "skipped_steps", None)
+        self._engine_skipped = skipped if isinstance(skipped, int) else 0
+
     def count_engine_skips(self) -> None:
         """DeepSpeed: a step that its ZeRO optimiser skipped (gradient norm not finite) counts as
         non-finite (a 16-mixed loss scaler's skips do not, as under the other strategies)."""
@@ -279,7 +285,10 @@ class VLPModule(LightningModule):
         total = schedule_steps(self.trainer)
         if not math.isfinite(total):
             raise VLPError("the schedule needs a finite length: set trainer.max_steps or trainer.max_epochs")
-        opt, sched = build_optimizer(self, self.optim, int(total))
+        strategy = self.trainer.strategy
+        # ZeRO-Offload of parameters trained on GPUs: the optimiser steps on the CPU (DeepSpeed's CPU Adam)
+        cpu_adam = bool(getattr(strategy, "offloads_optimizer", lambda: False)()) and strategy.root_device.type != "cpu"
+        opt, sched = build_optimizer(self, self.optim, int(total), cpu_adam=cpu_adam)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 

@@ -116,12 +116,19 @@ def fused_supported(params) -> bool:
                for p in params)
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int):
+def build_optimizer(model: nn.Module, cfg: OptimConfig, total_steps: int, cpu_adam: bool = False):
+    """AdamW (torch's; ``cpu_adam``: DeepSpeed's DeepSpeedCPUAdam in AdamW mode, the same
+    update, for ZeRO-Offload of GPU-trained parameters) and the per-step schedule."""
     groups = param_groups(model, cfg.weight_decay)
     params = [p for g in groups for p in g["params"]]
-    fused = fused_supported(params) if cfg.fused is None else cfg.fused
-    # not fused: None, not False (torch reads fused=False as "no foreach either": a per-tensor loop)
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
+    if cpu_adam:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam  # JIT-built by DeepSpeed on first use
+
+        opt = DeepSpeedCPUAdam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, adamw_mode=True)
+    else:
+        fused = fused_supported(params) if cfg.fused is None else cfg.fused
+        # not fused: None, not False (torch reads fused=False as "no foreach either": a per-tensor loop)
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda step: lr_factor(step, cfg.warmup_steps, total_steps, cfg.schedule, cfg.rsqrt_timescale,
                                     cfg.cooldown_steps)

@@ -60,8 +60,9 @@ class DeepSpeedStrategy(_LightningDeepSpeedStrategy):
     vlp.module does, so ``vlp fit``, recipes and ``Trainer(strategy=...)`` after importing vlp's
     module know them): ``vlp_deepspeed`` (stage 2), ``vlp_deepspeed_stage_1``,
     ``vlp_deepspeed_stage_2``, ``vlp_deepspeed_stage_2_offload``, ``vlp_deepspeed_stage_3``,
-    ``vlp_deepspeed_stage_3_offload`` (the CPU-offload variants take DeepSpeed's CPU Adam,
-    which DeepSpeed builds on first use). With init args:
+    ``vlp_deepspeed_stage_3_offload`` (the CPU-offload variants keep the optimiser states on
+    the CPU and step there: with parameters on GPUs through DeepSpeed's CPU Adam, which DeepSpeed
+    JIT-builds on first use; on a CPU accelerator through torch's AdamW, tested against DDP). With init args:
     ``{class_path: vlp.strategies.DeepSpeedStrategy, init_args: {stage: 3}}``.
 
     Args (besides Lightning's):
@@ -85,6 +86,16 @@ class DeepSpeedStrategy(_LightningDeepSpeedStrategy):
         zero = (self.config or {}).get("zero_optimization")
         if param_persistence_threshold is not None and isinstance(zero, dict):
             zero["stage3_param_persistence_threshold"] = int(param_persistence_threshold)
+        if self.offloads_optimizer():
+            # vlp chooses the optimiser itself (VLPModule.configure_optimizers): DeepSpeed's CPU
+            # Adam when the parameters live on GPUs, torch's AdamW when they are on the CPU anyway
+            self.config.setdefault("zero_force_ds_cpu_optimizer", False)
+
+    def offloads_optimizer(self) -> bool:
+        """Whether ZeRO keeps the optimiser states (and steps) on the CPU (the _offload names)."""
+        zero = (self.config or {}).get("zero_optimization") or {}
+        device = (zero.get("offload_optimizer") or {}).get("device") if isinstance(zero, dict) else None
+        return device in ("cpu", "nvme")
 
     def _on_cpu(self) -> bool:
         from lightning.pytorch.accelerators import CPUAccelerator
