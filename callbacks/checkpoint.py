@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from weakref import proxy
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -30,6 +31,13 @@ class StepCheckpoint(ModelCheckpoint):
     Errors: when training raises (a bad-data limit, non-finite losses, out of memory, ...) in
     a one-process run, the state of the last completed step is saved before the error goes on
     (under several ranks the other ranks may be blocked in a collective, so nothing is saved).
+
+    Sharded checkpoints (DeepSpeed, FSDP2 under ModelParallelStrategy: directories) are written
+    under ``NAME.partial`` and renamed into place once every process has written its part, so
+    a directory named ``*.ckpt`` is always complete (a run killed while saving leaves a
+    ``*.partial`` directory, never resumed from). Under DeepSpeed SIGINT / SIGTERM save as above
+    (every rank saves its shard); the save after an error is a one-process run's only, as for
+    the other strategies.
 
     Every checkpoint written this way resumes exactly: ``vlp fit --recipe X --ckpt_path last``.
     Names are ``epoch=E-step=S.ckpt`` with E the (0-based) epoch in which step S ran. Files are
@@ -69,6 +77,29 @@ class StepCheckpoint(ModelCheckpoint):
         candidates = self._monitor_candidates(trainer)
         self._save_topk_checkpoint(trainer, candidates)
         self._save_last_checkpoint(trainer, candidates)
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        """ModelCheckpoint's save; a sharded checkpoint (a directory) goes to ``NAME.partial``
+        first and is renamed into place by rank 0 once every rank has written its part."""
+        from vlp.checkpointing import remove_path, replace_path, saves_directories
+
+        if not saves_directories(trainer.strategy) or "://" in str(filepath):
+            return super()._save_checkpoint(trainer, filepath)
+        strategy = trainer.strategy
+        partial = f"{filepath}.partial"
+        if trainer.is_global_zero:
+            remove_path(partial)  # a leftover of a save that was killed
+        strategy.barrier("vlp_checkpoint_start")
+        trainer.save_checkpoint(partial, self.save_weights_only)
+        strategy.barrier("vlp_checkpoint_written")
+        if trainer.is_global_zero:
+            replace_path(partial, filepath)
+        strategy.barrier("vlp_checkpoint_renamed")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
 
     def save_final(self, trainer) -> None:
         """The end-of-run checkpoint (called by end-of-run evaluations before they start)."""

@@ -5,6 +5,7 @@
     vlp fit --recipe path/to/recipe.yaml --print_config
     vlp eval --ckpt PATH --task NAME [--task NAME ...]   (see vlp.eval.command)
     vlp caption --ckpt PATH IMAGE_OR_SHARDS...          (see vlp.caption)
+    vlp convert SHARDED_DIR OUT.ckpt                    (see vlp.convert)
 
 ``--recipe`` loads and merges the recipe (vlp.recipes) and hands it to LightningCLI
 as its first ``--config``; every later option overrides a recipe value; ``--vars.NAME
@@ -27,7 +28,7 @@ import yaml
 
 from vlp.errors import VLPError
 
-COMMANDS = ("fit", "eval", "caption", "recipes")
+COMMANDS = ("fit", "eval", "caption", "convert", "recipes")
 
 FIT_USAGE = """\
 usage: vlp fit --recipe NAME|PATH [--KEY VALUE ...] [--vars.NAME VALUE ...]
@@ -38,7 +39,7 @@ usage: vlp fit --recipe NAME|PATH [--KEY VALUE ...] [--vars.NAME VALUE ...]
   --vars.NAME VALUE    set one of the recipe's vars, the way to reach one entry of a list
                        (e.g. --vars.ckpt_every_n_steps 10 for the StepCheckpoint callback)
   --print_config       print the merged config and exit without training
-  --ckpt_path last     resume from the newest checkpoint of the run (or a checkpoint file)
+  --ckpt_path last     resume from the newest checkpoint of the run (or a checkpoint file / sharded directory)
 
 example:
   vlp fit --recipe clip_tiny --trainer.max_steps 50 --vars.ckpt_every_n_steps 10
@@ -56,6 +57,7 @@ commands:
   fit       train a recipe (below)
   eval      evaluate checkpoints on eval tasks: vlp eval --ckpt PATH --task NAME (more: vlp eval --help)
   caption   caption images with a CoCa checkpoint: vlp caption --ckpt PATH IMAGE_OR_SHARDS... (more: vlp caption --help)
+  convert   one checkpoint file out of a DeepSpeed / FSDP2 checkpoint directory: vlp convert DIR OUT.ckpt
   recipes   list the shipped recipes
 
 {FIT_USAGE}"""
@@ -121,14 +123,24 @@ def _make_cli_class(argv: list[str], recipe: str | None = None):
             config = self.config_init[self.subcommand]
             if config.get("ckpt_path") == "last":
                 config["ckpt_path"] = find_last_checkpoint(self.trainer, self.model)
+            ckpt = config.get("ckpt_path")
+            if ckpt not in (None, "best", "hpc", "registry") and "://" not in str(ckpt):
+                from vlp.checkpointing import check_resume
+
+                check_resume(ckpt, self.trainer.strategy, self.trainer.world_size)
 
         def before_instantiate_classes(self) -> None:
             check_strategy((self.config.get(self.subcommand) if self.subcommand else self.config).get("trainer"))
             ckpt = self.config.get(self.subcommand, {}).get("ckpt_path") if self.subcommand else None
             if ckpt not in (None, "last", "best", "hpc", "registry") and "://" not in str(ckpt) \
                     and not Path(ckpt).is_file():
-                raise VLPError(f"--ckpt_path {ckpt}: no such checkpoint file (give a path, or `last` to resume "
-                               "from the newest checkpoint of this run)")
+                from vlp.checkpointing import sharded_kind
+
+                if Path(ckpt).is_dir() and sharded_kind(ckpt) is None:
+                    raise VLPError(f"--ckpt_path {ckpt}: a directory, but neither a DeepSpeed nor an FSDP2 checkpoint")
+                if not Path(ckpt).is_dir():
+                    raise VLPError(f"--ckpt_path {ckpt}: no such checkpoint file (give a path, or `last` to resume "
+                                   "from the newest checkpoint of this run)")
 
         def instantiate_classes(self) -> None:
             try:
@@ -452,6 +464,10 @@ def run_cli(argv: list[str], run: bool = True):
         from vlp.caption import caption_main
 
         return caption_main(argv[1:])
+    if argv[:1] == ["convert"]:
+        from vlp.convert import convert_main
+
+        return convert_main(argv[1:])
     if argv[:1] == ["recipes"]:
         rows = list_recipes()
         width = max(len(n) for n, _ in rows)

@@ -72,18 +72,37 @@ def saved_tokenizer(spec, where: str, key: str = "tokenizer"):
     return build(spec, typing.get_type_hints(VLPDataModule.__init__).get(key, object), where)
 
 
-def load_for_eval(path: str, device: str = "cpu"):
-    """A checkpoint of `vlp fit` -> (module in eval mode, EvalData, info dict)."""
-    from vlp.data.text_spec import bind_parts
-    from vlp.data.tokenizer import TextTokenizer
-    from vlp.module import VLPModule, upgrade_checkpoint
+def read_checkpoint(path: str):
+    """(checkpoint dict, what ``load_from_checkpoint`` reads) of a checkpoint file, or of a
+    sharded checkpoint directory (DeepSpeed, FSDP2), consolidated in memory
+    (vlp.checkpointing.consolidate; `vlp convert` writes the same to a file)."""
+    from vlp.checkpointing import consolidate, sharded_kind
 
+    if Path(path).is_dir():
+        if sharded_kind(path) is None:
+            raise VLPError(f"checkpoint {path} is a directory, neither a DeepSpeed nor an FSDP2 checkpoint")
+        ckpt = consolidate(path)
+        buffer = io.BytesIO()
+        torch.save(ckpt, buffer)
+        buffer.seek(0)
+        return ckpt, buffer
     if not Path(path).is_file():
         raise VLPError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
         raise VLPError(f"checkpoint {path} cannot be read: {type(e).__name__}: {e}") from None
+    return ckpt, path
+
+
+def load_for_eval(path: str, device: str = "cpu"):
+    """A checkpoint of `vlp fit` (a file, or a DeepSpeed / FSDP2 checkpoint directory) ->
+    (module in eval mode, EvalData, info dict)."""
+    from vlp.data.text_spec import bind_parts
+    from vlp.data.tokenizer import TextTokenizer
+    from vlp.module import VLPModule, upgrade_checkpoint
+
+    ckpt, source = read_checkpoint(path)
     hp = upgrade_checkpoint(ckpt).get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
     towers = hp.get("towers")
     if not isinstance(towers, dict) or not isinstance(towers.get("image"), dict):
@@ -95,7 +114,7 @@ def load_for_eval(path: str, device: str = "cpu"):
                        ("head", "new")):
         if key in init_args:
             init_args[key] = value
-    module = VLPModule.load_from_checkpoint(path, map_location="cpu", towers={**towers, "image": tower})
+    module = VLPModule.load_from_checkpoint(source, map_location="cpu", towers={**towers, "image": tower})
     module = module.to(device).eval()
     dm = ckpt.get("datamodule_hyper_parameters") or {}
     image_args = towers["image"].get("init_args", {})

@@ -1,0 +1,70 @@
+"""`vlp convert`: one ordinary checkpoint file out of a sharded checkpoint directory.
+
+    vlp convert runs/clip_tiny/version_0/checkpoints/last.ckpt clip_tiny_last.ckpt
+
+The input is what DeepSpeed (``vlp_deepspeed_*``) or FSDP2 (Lightning's ModelParallelStrategy)
+wrote: a directory named like a checkpoint. The output is a Lightning checkpoint file with the
+whole fp32 weights under the module's own names (consolidated by DeepSpeed's
+``get_fp32_state_dict_from_zero_checkpoint`` or torch.distributed.checkpoint's loader, see
+vlp.checkpointing.consolidate), the run's hyper-parameters, the datamodule's and vlp's metadata
+(recipe, step): `vlp eval --ckpt`, `vlp caption --ckpt` and ``VLPModule.load_from_checkpoint``
+load it. It holds no optimiser state, so it does not resume training (`--ckpt_path last` passes
+it by); resume from the directory itself. `vlp eval` and `vlp caption` also read a directory
+directly (consolidated in memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from vlp.errors import VLPError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise VLPError(f"convert: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="vlp convert", description="Consolidate a sharded (DeepSpeed / FSDP2) checkpoint directory "
+                "into one checkpoint file for vlp eval, vlp caption and load_from_checkpoint.")
+    p.add_argument("checkpoint", metavar="CKPT_DIR", help="a DeepSpeed or FSDP2 checkpoint directory (e.g. last.ckpt/)")
+    p.add_argument("out", metavar="OUT.ckpt", help="the checkpoint file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    return p
+
+
+def convert(source, out, overwrite: bool = False) -> dict:
+    """Write the consolidated checkpoint of ``source`` to ``out`` (atomically); returns it."""
+    from vlp.checkpointing import AtomicCheckpointIO, consolidate, sharded_kind
+
+    source, out = Path(source), Path(out)
+    if not source.exists():
+        raise VLPError(f"convert: {source} does not exist")
+    if sharded_kind(source) is None:
+        what = "already one checkpoint file" if source.is_file() else "neither a DeepSpeed nor an FSDP2 checkpoint"
+        raise VLPError(f"convert: {source} is {what}; give a sharded checkpoint directory")
+    if out.is_dir():
+        raise VLPError(f"convert: {out} is a directory; give the file to write")
+    if out.exists() and not overwrite:
+        raise VLPError(f"convert: {out} exists (--overwrite replaces it)")
+    ckpt = consolidate(source)
+    AtomicCheckpointIO().save_checkpoint(ckpt, out)
+    return ckpt
+
+
+def convert_main(argv: list[str]) -> dict:
+    args = build_parser().parse_args(argv)
+    ckpt = convert(args.checkpoint, args.out, args.overwrite)
+    state = ckpt["state_dict"]
+    numel = sum(v.numel() for v in state.values() if torch.is_tensor(v))
+    facts = ckpt["vlp"]["consolidated_from"]
+    world = facts.get("world_size")
+    processes = f", {world} process{'es' if world > 1 else ''}" if world else ""
+    print(f"{args.checkpoint} ({facts['kind']}{processes}, step {ckpt.get('global_step')}, "
+          f"recipe {ckpt['vlp'].get('recipe') or 'unknown'}) -> {args.out}: {len(state)} tensors, "
+          f"{numel / 1e6:.2f}M values")
+    return ckpt
