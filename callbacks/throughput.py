@@ -23,13 +23,18 @@ from vlp.errors import VLPError
 
 def meta_copy(module: nn.Module) -> nn.Module:
     """A copy of ``module`` whose parameters and buffers live on the meta device (shapes only:
-    no memory, no compute, and nothing of the original is touched)."""
+    no memory, no compute, and nothing of the original is touched), with the towers' activation
+    checkpointing off (its recomputation is not model FLOPs)."""
     memo: dict[int, torch.Tensor] = {}
     for p in module.parameters():
         memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
     for b in module.buffers():
         memo[id(b)] = torch.empty_like(b, device="meta")
-    return copy.deepcopy(module, memo)  # a LightningModule's copy drops its trainer (__getstate__)
+    meta = copy.deepcopy(module, memo)  # a LightningModule's copy drops its trainer (__getstate__)
+    for part in meta.modules():  # model FLOPs: without the towers' activation recomputation
+        if getattr(part, "grad_checkpointing", False) and callable(getattr(part, "set_grad_checkpointing", None)):
+            part.set_grad_checkpointing(False)
+    return meta
 
 
 def training_flops(module: nn.Module, batch: dict) -> int:

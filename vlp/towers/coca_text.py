@@ -8,6 +8,7 @@ from torch import nn
 from vlp.towers.cached import CachedBlock, KVCache
 from vlp.towers.output import TowerOutput
 from vlp.towers.projection import Projection
+from vlp.towers.recompute import call_block
 from vlp.towers.text import TextTransformer
 
 
@@ -26,7 +27,8 @@ class CoCaTextTower(TextTransformer):
     multimodal decoder; causal, so the class token does not reach them), ``token_mask``
     (``text != pad_id``).
 
-    Args: as vlp.towers.TextTransformer (always causal). ``context_length`` counts the text
+    Args: as vlp.towers.TextTransformer (always causal; ``grad_checkpointing`` in training
+    passes, not in ``decode``). ``context_length`` counts the text
     positions; the positional embedding has one more row, for the class token (open_clip's
     coca_ViT-B-32: context 76, 77 rows).
 
@@ -44,9 +46,10 @@ class CoCaTextTower(TextTransformer):
         embed_dim: int = 512,
         pad_id: int | None = None,
         proj: Projection = "linear",
+        grad_checkpointing: bool = False,
     ):
         super().__init__(vocab_size, context_length + 1, width, layers, heads, mlp_ratio, embed_dim, causal=True,
-                         pad_id=pad_id, proj=proj)
+                         pad_id=pad_id, proj=proj, grad_checkpointing=grad_checkpointing)
         self.context_length = context_length  # text positions; the class token takes row context_length
         self.cls_emb = nn.Parameter(torch.empty(width))
         nn.init.normal_(self.cls_emb, std=0.01)  # open_clip
@@ -67,14 +70,16 @@ class CoCaTextTower(TextTransformer):
         causal = positions[None, :] <= positions[:, None]
         # a query sees earlier non-padding keys and itself (no row is empty, even for padding)
         mask = (causal & (keys[:, None, :] | (positions[None, :] == positions[:, None])))[:, None]
+        ckpt = self.grad_checkpointing
         if not tokens and len(self.blocks):
             for block in self.blocks[:-1]:
-                x = block(x, False, mask)
+                x = call_block(block, x, False, mask, recompute=ckpt)
             last = torch.full((b,), n, dtype=torch.long, device=text.device)
-            features = self.ln_final(self.blocks[-1](x, False, keys[:, None, None, :], at=last))
+            features = self.ln_final(call_block(self.blocks[-1], x, False, keys[:, None, None, :], at=last,
+                                                recompute=ckpt))
             return TowerOutput(self.proj(features), features)
         for block in self.blocks:
-            x = block(x, False, mask)
+            x = call_block(block, x, False, mask, recompute=ckpt)
         features = self.ln_final(x[:, -1])
         return TowerOutput(self.proj(features), features, x[:, :-1], keep)
 

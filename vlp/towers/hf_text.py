@@ -27,6 +27,10 @@ class HFTextTower(nn.Module):
         pad_id: padding id of the tokenizer (attention mask = text != pad_id); None (default) =
             the tokenizer's, adopted from its spec by ``bind_text_spec`` (until then the
             transformer's ``pad_token_id``, else 0). A value given here must equal the tokenizer's.
+        grad_checkpointing: activation checkpointing of the encoder's layers in training
+            (transformers' ``activation_checkpointing_enable``, ``gradient_checkpointing_enable``
+            before transformers 5; non-reentrant): less activation memory for one more forward
+            pass of the layers in the backward, the same gradients.
 
     Input ``text [B, L]``; output (TowerOutput) ``features [B, hidden]`` (pooled),
     ``pooled [B, embed_dim]``, ``tokens [B, L, hidden]`` and ``token_mask`` (``text != pad_id``).
@@ -42,6 +46,7 @@ class HFTextTower(nn.Module):
         pooler: Literal["cls", "mean"] = "mean",
         proj: Projection = "mlp",
         pad_id: int | None = None,
+        grad_checkpointing: bool = False,
     ):
         super().__init__()
         from transformers import AutoConfig, AutoModel
@@ -59,6 +64,8 @@ class HFTextTower(nn.Module):
             self.transformer = AutoModel.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg))
         if getattr(self.transformer, "pooler", None) is not None:
             self.transformer.pooler = None  # unused: its parameters would get no gradient
+        if grad_checkpointing:
+            self.set_grad_checkpointing(True)
         width = self.transformer.config.hidden_size
         self.vocab_size = self.transformer.config.vocab_size
         self.context_length = getattr(self.transformer.config, "max_position_embeddings", None)
@@ -70,6 +77,27 @@ class HFTextTower(nn.Module):
         self.embed_dim = embed_dim
         self.width = width  # of features and tokens
         self.proj = make_projection(proj, width, embed_dim)
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        return bool(getattr(self.transformer, "is_gradient_checkpointing", False))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing of the encoder's layers on or off (transformers' switch)."""
+        model = self.transformer
+        if not enable:
+            disable = getattr(model, "activation_checkpointing_disable", None)  # transformers >= 5
+            (disable or model.gradient_checkpointing_disable)()
+            return
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise VLPError(f"text tower {type(model).__name__} has no gradient checkpointing "
+                           "(text_tower.grad_checkpointing)")
+        kwargs = {"use_reentrant": False}
+        enable_fn = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5
+        if enable_fn is not None:
+            enable_fn(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     def bind_text_spec(self, spec: TextSpec) -> None:
         """Mask and pool with the tokenizer's pad id; refuse a tokenizer with more ids or longer

@@ -10,6 +10,7 @@ from vlp.data.text_spec import TextSpec
 from vlp.towers.output import TowerOutput
 from vlp.towers.pooled import split_qkv
 from vlp.towers.projection import Projection, make_projection
+from vlp.towers.recompute import call_block
 
 
 class SelfAttention(nn.Module):
@@ -76,6 +77,9 @@ class TextTransformer(nn.Module):
             ``bind_text_spec`` (``vlp fit`` / ``vlp eval`` call it; until then 0, the built-in
             tokenizer's). A value given here must equal the tokenizer's.
         proj: ``linear`` (CLIP), ``mlp`` or ``none``.
+        grad_checkpointing: activation checkpointing of every block (vlp.towers.recompute): less
+            activation memory for one more forward pass of the blocks in the backward; the same
+            gradients. ``set_grad_checkpointing(enable)`` switches it later.
     """
 
     input_ndim = 2  # [B, L] token ids
@@ -92,8 +96,10 @@ class TextTransformer(nn.Module):
         causal: bool = True,
         pad_id: int | None = None,
         proj: Projection = "linear",
+        grad_checkpointing: bool = False,
     ):
         super().__init__()
+        self.grad_checkpointing = bool(grad_checkpointing)
         self.vocab_size = vocab_size
         self.context_length = context_length
         self.causal = causal
@@ -132,6 +138,9 @@ class TextTransformer(nn.Module):
         self.pad_id = spec.pad_id
         self.text_spec = spec
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = bool(enable)
+
     def shard_units(self) -> list[nn.Module]:
         """The transformer blocks, each its own sharding unit."""
         return list(self.blocks)
@@ -147,13 +156,14 @@ class TextTransformer(nn.Module):
         x = self.token_embedding(text) + self.positional_embedding[:n]
         mask = None if self.causal else keep[:, None, None, :]
         last = keep.sum(1).clamp(min=1) - 1
+        ckpt = self.grad_checkpointing
         if not tokens and len(self.blocks):
             for block in self.blocks[:-1]:
-                x = block(x, self.causal, mask)
-            features = self.ln_final(self.blocks[-1](x, self.causal, mask, at=last))
+                x = call_block(block, x, self.causal, mask, recompute=ckpt)
+            features = self.ln_final(call_block(self.blocks[-1], x, self.causal, mask, at=last, recompute=ckpt))
             return TowerOutput(self.proj(features), features)
         for block in self.blocks:
-            x = block(x, self.causal, mask)
+            x = call_block(block, x, self.causal, mask, recompute=ckpt)
         x = self.ln_final(x)
         features = x[torch.arange(b, device=x.device), last]
         return TowerOutput(self.proj(features), features, x, keep)

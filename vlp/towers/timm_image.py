@@ -15,6 +15,7 @@ from vlp.towers.masking import PatchMask
 from vlp.towers.output import TowerOutput
 from vlp.towers.pooled import first_token_block_class, timm_block_supported
 from vlp.towers.projection import Projection, make_projection
+from vlp.towers.recompute import call_block
 
 
 @torch.no_grad()
@@ -72,6 +73,13 @@ class TimmImageTower(nn.Module):
             mode, so their running statistics do not move.
         head: with ``lock``, ``new`` = a fresh trainable projection (LiT's default);
             ``keep`` = the projection loaded from ``init_from``, locked too.
+        grad_checkpointing: activation checkpointing of the trunk's blocks (timm's
+            ``set_grad_checkpointing``; the pooled-only pass checkpoints its blocks the same
+            way): less activation memory for one more forward pass of the blocks in the
+            backward, the same gradients (dropout and drop path replay their random state; FLIP
+            masking happens before the blocks). A CNN's batch-norm running statistics are
+            updated again in the recomputation. Refused for a timm model without it;
+            ``set_grad_checkpointing(enable)`` switches it later.
 
     Input ``[B, 3, H, W]``; output (TowerOutput) ``pooled [B, embed_dim]``, ``features [B, width]``
     (pooled, before the projection), ``tokens [B, N, width]`` (``forward_features``; a CNN's map
@@ -96,6 +104,7 @@ class TimmImageTower(nn.Module):
         unlocked_groups: int = 0,
         freeze_bn_stats: bool = True,
         head: Literal["new", "keep"] = "new",
+        grad_checkpointing: bool = False,
     ):
         super().__init__()
         kwargs = dict(model_kwargs or {})
@@ -116,6 +125,8 @@ class TimmImageTower(nn.Module):
             self.trunk = timm.create_model(model_name, **kwargs)
         except TypeError as e:
             raise VLPError(f"timm model '{model_name}' rejects its arguments {sorted(kwargs)}: {e}") from None
+        if grad_checkpointing:
+            self.set_grad_checkpointing(True)
         self.width = self.trunk.num_features
         self.proj = make_projection(proj, self.width, embed_dim)
         if init == "clip" and pretrained_path is None and init_from is None:
@@ -200,6 +211,18 @@ class TimmImageTower(nn.Module):
         return self
 
     @property
+    def grad_checkpointing(self) -> bool:
+        return bool(getattr(self.trunk, "grad_checkpointing", False))
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing of the trunk's blocks on or off (timm's switch)."""
+        try:
+            self.trunk.set_grad_checkpointing(enable)
+        except (AssertionError, AttributeError, NotImplementedError, RuntimeError) as e:
+            raise VLPError(f"timm model '{type(self.trunk).__name__}' has no gradient checkpointing "
+                           f"(image_tower.grad_checkpointing): {e or type(e).__name__}") from None
+
+    @property
     def mask_ratio(self) -> float:
         return self.mask.ratio if self.mask is not None else 0.0
 
@@ -223,12 +246,10 @@ class TimmImageTower(nn.Module):
             blocks[-1].__class__ = first_token_block_class()
 
     def _class_token_path(self) -> bool:
-        """Whether the last block can run at the class token only (see _prepare_pooled_path);
-        not under gradient checkpointing, which can be switched at any time."""
+        """Whether the last block can run at the class token only (see _prepare_pooled_path)."""
         blocks = getattr(self.trunk, "blocks", None)
         return (isinstance(blocks, nn.Sequential) and len(blocks) > 0
-                and isinstance(blocks[-1], first_token_block_class())
-                and not getattr(self.trunk, "grad_checkpointing", False))
+                and isinstance(blocks[-1], first_token_block_class()))
 
     def shard_units(self) -> list[nn.Module]:
         """The trunk's transformer blocks (ViT, Mixer), each its own sharding unit; none for CNNs."""
@@ -249,8 +270,10 @@ class TimmImageTower(nn.Module):
         t = self.trunk
         if not tokens and self._class_token_path():
             x = t.norm_pre(t.patch_drop(t._pos_embed(t.patch_embed(image))))
-            x = t.blocks[:-1](x)
-            x = t.norm(t.blocks[-1](x, first_token_only=True))
+            ckpt = self.grad_checkpointing  # as timm's forward_features
+            for block in t.blocks[:-1]:
+                x = call_block(block, x, recompute=ckpt)
+            x = t.norm(call_block(t.blocks[-1], x, recompute=ckpt, first_token_only=True))
             features = t.forward_head(x, pre_logits=True)
             return TowerOutput(self.proj(features), features, prefix_tokens=self.prefix_tokens)
         hidden = t.forward_features(image)
@@ -261,3 +284,4 @@ class TimmImageTower(nn.Module):
             hidden = hidden.flatten(2).transpose(1, 2)
         mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
         return TowerOutput(self.proj(features), features, hidden, mask, self.prefix_tokens)
+
