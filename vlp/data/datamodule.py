@@ -16,8 +16,10 @@ from torch.utils.data import DataLoader
 
 from vlp.data.decode import CONVERT_REASONS
 from vlp.data.eval_set import EvalData
+from vlp.data.filters import SampleFilters
 from vlp.data.render import TextRenderer
 from vlp.data.shards import count_samples, expand_shards
+from vlp.data.sources import epoch_samples, mix_parts, resolve_sources
 from vlp.data.stream import SKIP_REASONS, SampleDecoder, ShardStream
 from vlp.data.tokenizer import HFTokenizer, TextTokenizer
 from vlp.data.transforms import image_transform, randaugment_transform, ssl_view_transform
@@ -75,7 +77,11 @@ class VLPDataModule(LightningDataModule):
 
     Args:
         train_shards: shard spec: path, brace or glob pattern, ``a::b``, or
-            ``builtin:emoji/google/train-*.tar`` for the data shipped with vlp.
+            ``builtin:emoji/google/train-*.tar`` for the data shipped with vlp; or a list of
+            sources to mix, ``[{shards: SPEC, weight: 0.7}, {shards: SPEC, weight: 0.3}]``
+            (vlp.data.sources.ShardSource: also ``repeat``, ``samples``, ``name``): each sample
+            is drawn from a source in proportion to the weights (without weights: to size x
+            repeat); an epoch is ``sum(size x repeat)`` samples (see vlp.data.sources).
         batch_size: samples per batch per device.
         num_workers: DataLoader workers; each reads its own shards (lowered, with a warning,
             to the shards each rank gets).
@@ -87,8 +93,9 @@ class VLPDataModule(LightningDataModule):
         resampled: draw shards with replacement (infinite stream); an epoch is then
             ``train_num_samples`` samples.
         train_num_samples: samples per epoch; None = counted from the shards
-            (img2dataset ``*_stats.json``, else the tar index).
-        caption_key: the sample field holding the caption.
+            (img2dataset ``*_stats.json``, else the tar index; with sources, sum(size x repeat)).
+        caption_key: the sample field holding the caption: a member (``txt``), else a json path
+            (``labels.de``); a json list of strings (``tags``) gives one, drawn per sample.
         seed: data seed (shard order, shuffle, augmentation); None = the run's
             ``seed_everything`` seed.
         max_bad_fraction: stop with an error once more than this share of the samples
@@ -106,17 +113,26 @@ class VLPDataModule(LightningDataModule):
         caption_keys: draw each sample's caption from one of these fields, uniformly (instead
             of ``caption_key``): members (``txt``) or json paths (``labels.de``); e.g. the nine
             CLDR labels of the built-in emoji data, one language per sample (multilingual CLIPPO).
+            A json list of strings among them gives one of its strings.
+        caption_templates: templates with ``{}`` (``["a {} emoji", "an emoji of {}"]``); one is
+            drawn per sample in the workers and ``{}`` replaced by its caption.
+        filters: metadata filters applied while reading (vlp.data.filters.SampleFilters:
+            ``{min_side: 32, max_aspect: 3.0, min_caption_chars: 2, require: [is_safe]}``);
+            filtered samples are counted by reason (``data/filtered_*``).
 
     Bad samples are skipped and counted by reason, odd image modes converted and counted
-    (see vlp.data.stream.SampleDecoder); the counts are logged as ``data/*`` metrics and
-    summed up at the end of `vlp fit`; an unreadable shard is skipped, counted and named on
+    (see vlp.data.stream.SampleDecoder); the counts (and, with sources, the samples read from
+    each, ``data/source_NAME``) are logged as ``data/*`` metrics and summed up at the end of
+    `vlp fit`; an unreadable shard is skipped, counted and named on
     stderr. The stream resumes exactly from a checkpoint (``--ckpt_path``): the loader's
     state holds every worker's position.
     """
 
     def __init__(
         self,
-        train_shards: str = "builtin:emoji/google/train-*.tar",
+        # a list's items are checked by vlp.data.sources (one clear line naming the source), not
+        # typed as ShardSource: jsonargparse would report only "Expected a str" for any mistake
+        train_shards: str | list[str | dict] = "builtin:emoji/google/train-*.tar",
         batch_size: int = 64,
         num_workers: int = 2,
         image_size: int = 224,
@@ -135,6 +151,8 @@ class VLPDataModule(LightningDataModule):
         ssl_crop_scale: tuple[float, float] = (0.08, 1.0),
         text_renderer: TextRenderer | None = None,
         caption_keys: list[str] | None = None,
+        caption_templates: list[str] | None = None,
+        filters: dict | None = None,  # SampleFilters' fields, checked there (unknown rules named)
     ):
         super().__init__()
         # saved in checkpoints (as the recipe's values under the CLI) so that `vlp eval`
@@ -147,7 +165,9 @@ class VLPDataModule(LightningDataModule):
             raise VLPError(f"data.num_workers must be >= 0, got {num_workers}")
         if not 0 <= max_bad_fraction <= 1:
             raise VLPError(f"data.max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
-        self.shards = expand_shards(train_shards)
+        self.sources = resolve_sources(train_shards)  # None: one plain shard spec
+        self.shards = expand_shards(train_shards) if self.sources is None else \
+            [s for source in self.sources for s in source.shards]
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.image_size = image_size
@@ -164,6 +184,13 @@ class VLPDataModule(LightningDataModule):
         if caption_keys is not None and not caption_keys:
             raise VLPError("data.caption_keys is empty: give the fields to draw captions from, or leave it unset")
         self.caption_keys = list(caption_keys) if caption_keys else None
+        if caption_templates is not None:
+            bad = [t for t in caption_templates if not isinstance(t, str) or "{}" not in t]
+            if not caption_templates or bad:
+                raise VLPError(f"data.caption_templates: give templates with '{{}}' for the caption, got "
+                               f"{bad or caption_templates!r}")
+        self.caption_templates = list(caption_templates) if caption_templates else None
+        self.filters = SampleFilters.of(filters)
         self.seed = seed
         self.max_bad_fraction = max_bad_fraction
         self.max_image_pixels = max_image_pixels
@@ -183,34 +210,45 @@ class VLPDataModule(LightningDataModule):
         self._workers = 1
         self._warned_shards: set[str] = set()
         self._warned_workers = False
+        self._mix_parts = None
 
     def _epoch_samples(self) -> int:
         """Samples per epoch; the shard index is read once, not at every train_dataloader call."""
         if self.train_num_samples is None:
-            self.train_num_samples = sum(count_samples(s) for s in self.shards)
+            self.train_num_samples = sum(count_samples(s) for s in self.shards) if self.sources is None else \
+                epoch_samples(self.sources)
         return self.train_num_samples
 
     def _world_size(self) -> int:
         return self.trainer.world_size if self.trainer is not None else 1
 
+    def _shard_sets(self) -> list[tuple[str, list[str]]]:
+        """(what to call it in a message, shards) of each source; a worker reads whole shards of each."""
+        if self.sources is None:
+            return [("", self.shards)]
+        return [(f"source {s.name}: ", s.shards) for s in self.sources]
+
     def _loader_workers(self, world: int) -> int:
-        """``num_workers``, lowered (with a warning) to the shards each rank gets: a worker reads
-        whole shards. 0 stays 0 (the main process reads); a resampled stream needs no split."""
-        per_rank = len(self.shards) // world
+        """``num_workers``, lowered (with a warning) to the shards each rank gets (of the source with
+        the fewest): a worker reads whole shards. 0 stays 0 (the main process reads); a resampled
+        stream needs no split."""
+        where, shards = min(self._shard_sets(), key=lambda item: len(item[1]))
+        per_rank = len(shards) // world
         if self.resampled or self.num_workers <= max(1, per_rank):
             return self.num_workers
         if not self._warned_workers:
             self._warned_workers = True
-            rank_zero_warn(f"data.num_workers {self.num_workers} lowered to {per_rank}: {len(self.shards)} shards give "
-                           f"each of {world} ranks {per_rank} and a worker reads whole shards (write more shards to "
-                           "use more workers)")
+            rank_zero_warn(f"data.num_workers {self.num_workers} lowered to {per_rank}: {where}{len(shards)} shards "
+                           f"give each of {world} ranks {per_rank} and a worker reads whole shards (write more "
+                           "shards to use more workers)")
         return per_rank
 
     def train_dataloader(self) -> DataLoader:
         world = self._world_size()
-        if not self.resampled and len(self.shards) < world:
-            raise VLPError(f"{len(self.shards)} shards cannot feed {world} ranks: write at least one shard per rank, "
-                           "or set data.resampled true")
+        for where, shards in self._shard_sets():
+            if not self.resampled and len(shards) < world:
+                raise VLPError(f"{where}{len(shards)} shards cannot feed {world} ranks: write at least one shard per "
+                               "rank, or set data.resampled true")
         num_workers = self._loader_workers(world)
         workers = max(1, num_workers)  # the stream's parts; recorded in the loader state
         total = self._epoch_samples()
@@ -226,12 +264,28 @@ class VLPDataModule(LightningDataModule):
         views = ssl_view_transform(self.image_size, self.ssl_crop_scale) if self.ssl_views else None
         decode = SampleDecoder(image_transform(self.image_size, True, self.crop_scale, randaugment=self.randaugment),
                                self.caption_key, self.max_image_pixels, view_transform=views,
-                               caption_keys=self.caption_keys)
+                               caption_keys=self.caption_keys, caption_templates=self.caption_templates,
+                               filters=self.filters)
         stream = ShardStream(self.shards, decode, self.text_input, self.batch_size, batches_per_worker=per_worker,
-                             shuffle_buffer=self.shuffle_buffer, resampled=self.resampled, seed=self.seed)
+                             shuffle_buffer=self.shuffle_buffer, resampled=self.resampled, seed=self.seed,
+                             mix=self._mix())
         stream.length = per_worker * workers
         self._workers = workers
         return ResumableLoader(self, stream, num_workers=num_workers)
+
+    def _mix(self):
+        """The sources with their shares for the stream (None: one plain shard spec)."""
+        if self.sources is None:
+            return None
+        if self._mix_parts is None:
+            self._mix_parts = mix_parts(self.sources)
+        return self._mix_parts
+
+    def mix_signature(self) -> list | None:
+        """What a resumed run must share with the saved one for its mixed stream to continue:
+        each source's name, shard count and share (None for one plain shard spec)."""
+        mix = self._mix()
+        return None if mix is None else [[p.name, len(p.shards), round(p.share, 12)] for p in mix]
 
     def epoch_batches(self) -> int:
         """Batches per rank in one epoch (the schedule's epoch length), without iterating."""
@@ -311,19 +365,35 @@ class VLPDataModule(LightningDataModule):
                            f"{100 * self.max_bad_fraction:g}%): {reasons}")
         return batch
 
+    def _filter_reasons(self) -> list[str]:
+        return self.filters.reasons() if self.filters is not None else []
+
+    def _source_keys(self) -> list[str]:
+        return [f"source_{s.name}" for s in self.sources] if self.sources is not None else []
+
     def data_metrics(self) -> dict[str, float]:
-        """This rank's counts for logging: samples read, skipped (in all and by reason), converted."""
+        """This rank's counts for logging: samples read (in all and from each source), skipped (in
+        all and by reason), filtered (likewise), converted."""
         out = {"data/samples_read": float(self.stats["seen"]),
                "data/skipped": float(sum(self.stats[r] for r in SKIP_REASONS))}
         for key in (*SKIP_REASONS, *CONVERT_REASONS, "unreadable_shard"):
             if self.stats[key]:
                 prefix = "converted" if key in CONVERT_REASONS else "skipped"
                 out[f"data/{prefix}_{key}"] = float(self.stats[key])
+        if self.filters is not None:
+            reasons = self._filter_reasons()
+            out["data/filtered"] = float(sum(self.stats[r] for r in reasons))
+            for key in reasons:
+                if self.stats[key]:
+                    out[f"data/filtered_{key.removeprefix('filter_')}"] = float(self.stats[key])
+        for key in self._source_keys():
+            out[f"data/{key}"] = float(self.stats[key])
         return out
 
     def summary(self) -> str:
         """One line with the counts of all ranks (a collective under DDP: every rank calls it)."""
-        keys = ["seen", *SKIP_REASONS, *CONVERT_REASONS, "unreadable_shard"]
+        filters, sources = self._filter_reasons(), self._source_keys()
+        keys = ["seen", *SKIP_REASONS, *CONVERT_REASONS, "unreadable_shard", *filters, *sources]
         counts = torch.tensor([float(self.stats[k]) for k in keys], dtype=torch.float64)
         if self._world_size() > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             counts = counts.to(self.trainer.strategy.root_device)
@@ -333,8 +403,14 @@ class VLPDataModule(LightningDataModule):
         converted = {k: total[k] for k in CONVERT_REASONS if total[k]}
         parts = [f"{total['seen']} samples read", f"skipped {sum(skipped.values())}"
                  + (f" ({', '.join(f'{k} {v}' for k, v in skipped.items())})" if skipped else "")]
+        if self.filters is not None:
+            filtered = {k.removeprefix("filter_"): total[k] for k in filters if total[k]}
+            parts.append(f"filtered {sum(filtered.values())}"
+                         + (f" ({', '.join(f'{k} {v}' for k, v in filtered.items())})" if filtered else ""))
         if converted:
             parts.append("converted " + ", ".join(f"{k} {v}" for k, v in converted.items()))
+        if sources:
+            parts.append("from sources " + ", ".join(f"{k.removeprefix('source_')} {total[k]}" for k in sources))
         if total["unreadable_shard"]:
             parts.append(f"unreadable shards {total['unreadable_shard']} (named above)")
         return "; ".join(parts)
@@ -354,7 +430,7 @@ class VLPDataModule(LightningDataModule):
             ranks = [mine]
         return {"seed": self.seed, "epoch": self._epoch, "step": trainer.global_step if trainer else 0,
                 "world": world, "workers": self._workers, "batch_size": self.batch_size,
-                "ranks": dict(enumerate(ranks))}
+                "mix": self.mix_signature(), "ranks": dict(enumerate(ranks))}
 
     def load_loader_state(self, state: dict) -> None:
         rank = self.trainer.global_rank if self.trainer is not None else 0
@@ -367,6 +443,15 @@ class VLPDataModule(LightningDataModule):
                 f"the data stream cannot resume exactly: the checkpoint ran {state['world']} ranks x "
                 f"{state['workers']} workers x batch {state['batch_size']}, this run {world} x {self._workers} x "
                 f"{self.batch_size}; continuing with the start of epoch {state['epoch'] + 1}"
+            )
+            self._next_epoch = state["epoch"] + 1
+            return
+        saved_mix = state.get("mix")  # absent from checkpoints written before sources could be mixed
+        if saved_mix != self.mix_signature():
+            rank_zero_warn(
+                f"the data stream cannot resume exactly: the checkpoint read the sources {saved_mix or 'one spec'}, "
+                f"this run {self.mix_signature() or 'one spec'} ([name, shards, share]); continuing with the start "
+                f"of epoch {state['epoch'] + 1}"
             )
             self._next_epoch = state["epoch"] + 1
             return

@@ -8,8 +8,10 @@ RGB with ``to_rgb`` (transparency composited on white).
 from __future__ import annotations
 
 import io
+import json
 import warnings
 from collections import Counter
+from collections.abc import Callable
 
 from PIL import Image
 
@@ -34,6 +36,29 @@ def image_member(sample: dict) -> str:
     return ext
 
 
+def sample_json(sample: dict) -> dict:
+    """The sample's json member as a dict, parsed once per sample (cached in the sample under
+    ``__json__``); ``{}`` when it has none or it is not a JSON object."""
+    info = sample.get("__json__")
+    if info is None:
+        try:
+            info = json.loads(sample["json"]) if "json" in sample else {}
+        except (ValueError, UnicodeDecodeError):
+            info = {}
+        if not isinstance(info, dict):
+            info = {}
+        sample["__json__"] = info
+    return info
+
+
+def json_value(info: dict, path: tuple[str, ...]):
+    """The value at a json path (``("labels", "de")``), None where it is missing."""
+    value = info
+    for part in path:
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
 def to_rgb(im: Image.Image, counts: Counter | None = None) -> Image.Image:
     """RGB as training sees it: transparent images (RGBA, LA, PA, palette with transparency)
     composited on white (counted ``alpha_on_white``), other modes converted (``mode_to_rgb``)."""
@@ -51,9 +76,11 @@ def to_rgb(im: Image.Image, counts: Counter | None = None) -> Image.Image:
     return out
 
 
-def decode_image(data: bytes, max_pixels: int = 89_478_485, counts: Counter | None = None) -> Image.Image:
+def decode_image(data: bytes, max_pixels: int = 89_478_485, counts: Counter | None = None,
+                 check_size: Callable[[int, int], None] | None = None) -> Image.Image:
     """Encoded image bytes -> RGB PIL image; raises ``BadSample`` (``too_many_pixels``, judged
-    from the header before decoding, or ``corrupt_image``); conversions go to ``counts``."""
+    from the header before decoding, or ``corrupt_image``); conversions go to ``counts``.
+    ``check_size(width, height)`` may raise ``BadSample`` too, from the header, before decoding."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -61,6 +88,8 @@ def decode_image(data: bytes, max_pixels: int = 89_478_485, counts: Counter | No
             w, h = im.size
             if w * h > max_pixels:
                 raise BadSample("too_many_pixels")
+            if check_size is not None:
+                check_size(w, h)
             im.load()
     except Image.DecompressionBombError:
         raise BadSample("too_many_pixels") from None

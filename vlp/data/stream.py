@@ -14,12 +14,18 @@ DataLoader's round robin continues with the worker that was next. The stream aft
 resume is therefore the stream of the uninterrupted run.
 
 Bad data (see ``SampleDecoder``): samples are skipped and counted by reason, or
-converted and counted; an unreadable shard is skipped, counted and named.
+converted and counted; an unreadable shard is skipped, counted and named. Samples that
+``data.filters`` reject are skipped and counted too (``filter_<reason>``).
+
+Several sources (``mix``, vlp.data.sources): a worker reads its part of every source and draws
+each next sample's source from a seeded RNG; the position is still the raw samples read, so a
+resume replays those draws without decoding and continues the uninterrupted stream.
 """
 
 from __future__ import annotations
 
-import json
+import bisect
+import itertools
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -29,7 +35,9 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from vlp.data.decode import BadSample, decode_image, image_member
+from vlp.data.decode import BadSample, decode_image, image_member, json_value, sample_json
+from vlp.data.filters import SampleFilters
+from vlp.data.sources import MixPart
 from vlp.data.tar_reader import ShardError, tar_samples
 from vlp.errors import VLPError
 
@@ -54,70 +62,101 @@ class SampleDecoder:
         - no image member, an image PIL cannot decode (corrupt or truncated): skipped;
         - an image over ``max_pixels`` (decompression bomb), judged from its header before
           decoding: skipped;
-        - no caption member, an empty or blank caption, a caption that is not UTF-8: skipped;
-          with ``caption_keys`` (one caption drawn per sample, uniformly from those fields the
-          sample has: members such as ``txt`` or json paths such as ``labels.de``; the draw
-          comes from torch's RNG, which the stream seeds per batch), a sample with none of them
-          is skipped as ``missing_caption``;
+        - no caption, an empty or blank caption, a caption that is not UTF-8: skipped;
         - RGBA / LA / palette-with-transparency images: composited on white (the colour the
           emoji data are drawn on), counted ``alpha_on_white``; CMYK, palette, grey and other
-          modes: converted to RGB, counted ``mode_to_rgb``.
+          modes: converted to RGB, counted ``mode_to_rgb``;
+        - with ``filters`` (vlp.data.filters.SampleFilters): samples they reject are skipped and
+          counted ``filter_<reason>``.
+
+    The caption: ``caption_key`` is a member (``txt``) or, when the sample has no such member, a
+    json path (``labels.de``); with ``caption_keys``, one of those fields the sample has is drawn
+    per sample, uniformly (a sample with none is ``missing_caption``). A json value that is a
+    list of strings (the emoji json's ``tags``) gives one of its strings, drawn uniformly. With
+    ``caption_templates`` (``["a {} emoji", "an emoji of {}"]``) one template per sample is drawn
+    and its ``{}`` replaced by the caption. Every draw comes from torch's RNG, which the stream
+    seeds per batch: reproducible, and the same after a resume. The json is parsed only for a
+    sample whose caption or filters need it.
     """
 
     def __init__(self, transform: Callable, caption_key: str = "txt", max_pixels: int = 89_478_485,
-                 view_transform: Callable | None = None, caption_keys: list[str] | None = None):
+                 view_transform: Callable | None = None, caption_keys: list[str] | None = None,
+                 caption_templates: list[str] | None = None, filters: SampleFilters | None = None):
         self.transform = transform
         self.caption_key = caption_key
         self.caption_keys = list(caption_keys) if caption_keys else None
+        self._key_path = tuple(caption_key.split("."))
+        self._paths = [(key, tuple(key.split("."))) for key in self.caption_keys or ()]
+        self.templates = list(caption_templates) if caption_templates else None
+        self.filters = filters
         self.max_pixels = max_pixels
         self.view_transform = view_transform  # SLIP: two extra augmented views per image
 
     def caption(self, sample: dict) -> str:
-        raw = self._drawn(sample) if self.caption_keys else sample.get(self.caption_key)
+        if self.caption_keys:
+            raw = self._drawn(sample)
+        else:
+            raw = sample.get(self.caption_key)
+            if raw is None:
+                raw = _one_of(json_value(sample_json(sample), self._key_path))
         if raw is None:
             raise BadSample("missing_caption")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadSample("caption_not_utf8") from None
-        if not text.strip():
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise BadSample("caption_not_utf8") from None
+        if not raw.strip():
             raise BadSample("empty_caption")
-        return text
+        return raw
 
-    def _drawn(self, sample: dict) -> bytes | None:
+    def _drawn(self, sample: dict) -> bytes | str | None:
         """One of the ``caption_keys`` fields the sample has (members first, then json paths),
         drawn uniformly; None if it has none."""
-        info = None
         found = []
-        for key in self.caption_keys:
+        for key, path in self._paths:
             if key in sample and key != "json":
                 found.append(sample[key])
                 continue
-            if info is None:
-                try:
-                    info = json.loads(sample["json"]) if "json" in sample else {}
-                except (ValueError, UnicodeDecodeError):
-                    info = {}
-            value = info
-            for part in key.split("."):
-                value = value.get(part) if isinstance(value, dict) else None
-            if isinstance(value, str):
-                found.append(value.encode("utf-8"))
+            value = json_value(sample_json(sample), path)
+            if isinstance(value, str) or (isinstance(value, list) and any(isinstance(v, str) for v in value)):
+                found.append(value)
         if not found:
             return None
-        return found[int(torch.randint(len(found), ()))]
+        return _one_of(found[int(torch.randint(len(found), ()))])
 
-    def image(self, data: bytes, counts: Counter) -> Image.Image:
-        return decode_image(data, self.max_pixels, counts)
+    def image(self, data: bytes, counts: Counter, check_size: Callable | None = None) -> Image.Image:
+        return decode_image(data, self.max_pixels, counts, check_size)
 
     def __call__(self, sample: dict, counts: Counter) -> tuple:
         ext = image_member(sample)
         caption = self.caption(sample)
-        image = self.image(sample[ext], counts)
+        check_size = None
+        if self.filters is not None:
+            self.filters.check_caption(caption)
+            if not self.filters.check_json(sample) and self.filters.sized:
+                check_size = self.filters.check_size  # judged from the image header instead
+        if self.templates is not None:
+            template = self.templates[int(torch.randint(len(self.templates), ()))] if len(self.templates) > 1 \
+                else self.templates[0]
+            caption = template.replace("{}", caption)
+        image = self.image(sample[ext], counts, check_size)
         if self.view_transform is None:
             return self.transform(image), caption
         views = torch.stack([self.view_transform(image), self.view_transform(image)])
         return self.transform(image), caption, views
+
+
+def _one_of(value):
+    """A caption field's value -> one caption: a string or member bytes as they are, one string of
+    a list drawn uniformly (torch's RNG), None for anything else."""
+    if isinstance(value, (str, bytes)):
+        return value
+    if isinstance(value, list):
+        strings = [v for v in value if isinstance(v, str)]
+        if strings:
+            return strings[int(torch.randint(len(strings), ()))] if len(strings) > 1 else strings[0]
+    return None
 
 
 def buffer_shuffle(items, size: int, rng: random.Random):
@@ -140,7 +179,8 @@ class ShardStream(IterableDataset):
 
     ``_state`` (removed by the DataModule before the batch reaches the model) says which
     worker made the batch, its position after it, and the samples it read, skipped and
-    converted while making it.
+    converted while making it (with ``mix``: also ``source_<name>``, the samples read from each
+    source).
 
     Args:
         shards: local or remote shard urls.
@@ -153,6 +193,11 @@ class ShardStream(IterableDataset):
         shuffle_buffer: sample shuffle buffer size.
         resampled: draw shards with replacement (infinite stream) instead of splitting them.
         seed: the run's data seed.
+        mix: several sources (vlp.data.sources.MixPart: name, shards, share) instead of
+            ``shards``: a worker reads its part of each (shuffled passes, as for one source,
+            from its own RNG) and draws every next sample's source with probability ``share``
+            from another RNG, all seeded from ``(seed, epoch, rank, worker)``. The position
+            stays the raw samples read: a resume replays the draws without decoding.
 
     Set before each ``iter()`` (by the DataModule): ``epoch``; ``resume`` = ``{worker:
     {"raw", "batches"}}`` of this rank for a resumed epoch; ``rotate`` = the worker whose
@@ -160,7 +205,8 @@ class ShardStream(IterableDataset):
     """
 
     def __init__(self, shards: list[str], decode: SampleDecoder, tokenizer: Callable, batch_size: int,
-                 batches_per_worker: int, shuffle_buffer: int = 1000, resampled: bool = False, seed: int = 0):
+                 batches_per_worker: int, shuffle_buffer: int = 1000, resampled: bool = False, seed: int = 0,
+                 mix: list[MixPart] | None = None):
         self.shards = shards
         self.decode = decode
         self.tokenizer = tokenizer
@@ -169,6 +215,9 @@ class ShardStream(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.resampled = resampled
         self.seed = seed
+        self.mix = list(mix) if mix and len(mix) > 1 else None
+        if mix and len(mix) == 1:  # one source is the plain stream
+            self.shards = list(mix[0].shards)
         self.epoch = 0
         self.resume: dict[int, dict] = {}
         self.rotate = 0
@@ -186,12 +235,12 @@ class ShardStream(IterableDataset):
         physical, workers = (info.id, info.num_workers) if info else (0, 1)
         return rank, world, (physical + self.rotate) % workers, workers
 
-    def _shard_passes(self, rng: random.Random, rank: int, world: int, worker: int,
+    def _shard_passes(self, shards: list[str], rng: random.Random, rank: int, world: int, worker: int,
                       workers: int) -> Iterator[list[str]]:
         if self.resampled:
             while True:
-                yield [rng.choice(self.shards) for _ in range(max(1, len(self.shards)))]
-        mine = self.shards[rank * workers + worker :: world * workers]
+                yield [rng.choice(shards) for _ in range(max(1, len(shards)))]
+        mine = shards[rank * workers + worker :: world * workers]
         while True:
             yield rng.sample(mine, len(mine))
 
@@ -207,6 +256,7 @@ class ShardStream(IterableDataset):
         items: list = []
         counts: Counter = Counter()
         bad_shards: list[str] = []
+        usable = [0] * (len(self.mix) if self.mix else 1)  # per source: samples used (or skipped on resume)
 
         def read(urls: list[str]) -> Iterator[dict]:
             for url in urls:
@@ -216,44 +266,60 @@ class ShardStream(IterableDataset):
                     counts["unreadable_shard"] += 1
                     bad_shards.append(str(e)[:300])
 
-        for urls in self._shard_passes(rng, rank, world, worker, workers):
-            good_in_pass = 0
-            samples = read(urls)
-            if self.shuffle_buffer > 1:
-                # the buffer is flushed at the end of each pass: a pass is a permutation
-                samples = buffer_shuffle(samples, self.shuffle_buffer, rng)
-            for sample in samples:
-                raw += 1
-                if raw <= skip:  # resuming: read past what the run already consumed
-                    good_in_pass += 1
-                    continue
-                if aug is None:  # the n-th batch's augmentation depends only on n
-                    aug = torch.Generator().manual_seed(
-                        stable_seed(self.seed, self.epoch, rank, worker, self.salt, made)).get_state()
-                counts["seen"] += 1
-                # the transforms draw from torch's global RNG: give them the stream's own state and
-                # leave the process's (the model's, when num_workers is 0) untouched
-                with torch.random.fork_rng(devices=[]):
-                    torch.set_rng_state(aug)
-                    try:
-                        items.append(self.decode(sample, counts))
-                        good_in_pass += 1
-                    except BadSample as bad:
-                        counts[bad.reason] += 1
-                    aug = torch.get_rng_state()
-                if len(items) < self.batch_size:
-                    continue
-                made += 1
-                yield self._batch(items, {"epoch": self.epoch, "rank": rank, "worker": worker, "raw": raw,
-                                          "batches": made, "counts": dict(counts), "bad_shards": bad_shards})
-                items, counts, bad_shards, aug = [], Counter(), [], None
-                if made >= self.batches_per_worker:
-                    return
-            if good_in_pass == 0:
-                raise VLPError(
-                    f"data worker {worker} of rank {rank} read a whole pass over its shards without one usable "
-                    f"sample; skipped: {dict(counts)}; unreadable shards: {bad_shards[:3]}"
-                )
+        def passes(index: int, shards: list[str], rng: random.Random) -> Iterator[dict]:
+            """One source's raw samples, pass after pass over this worker's shards."""
+            for urls in self._shard_passes(shards, rng, rank, world, worker, workers):
+                before = usable[index]
+                samples = read(urls)
+                if self.shuffle_buffer > 1:
+                    # the buffer is flushed at the end of each pass: a pass is a permutation
+                    samples = buffer_shuffle(samples, self.shuffle_buffer, rng)
+                yield from samples
+                if usable[index] == before:
+                    source = f" of source {self.mix[index].name}" if self.mix else ""
+                    raise VLPError(
+                        f"data worker {worker} of rank {rank} read a whole pass over its shards{source} without "
+                        f"one usable sample; skipped: {dict(counts)}; unreadable shards: {bad_shards[:3]}"
+                    )
+
+        if self.mix is None:
+            samples, names = passes(0, self.shards, rng), None
+        else:
+            names = [f"source_{part.name}" for part in self.mix]
+            samples = _mixed([passes(i, part.shards, random.Random(
+                                  stable_seed(self.seed, self.epoch, rank, worker, self.salt, "source", i)))
+                              for i, part in enumerate(self.mix)],
+                             [part.share for part in self.mix], rng)
+        for sample in samples:
+            raw += 1
+            source = sample["__source__"] if names else 0
+            if raw <= skip:  # resuming: read past what the run already consumed
+                usable[source] += 1
+                continue
+            if aug is None:  # the n-th batch's augmentation depends only on n
+                aug = torch.Generator().manual_seed(
+                    stable_seed(self.seed, self.epoch, rank, worker, self.salt, made)).get_state()
+            counts["seen"] += 1
+            if names:
+                counts[names[source]] += 1
+            # the transforms draw from torch's global RNG: give them the stream's own state and
+            # leave the process's (the model's, when num_workers is 0) untouched
+            with torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(aug)
+                try:
+                    items.append(self.decode(sample, counts))
+                    usable[source] += 1
+                except BadSample as bad:
+                    counts[bad.reason] += 1
+                aug = torch.get_rng_state()
+            if len(items) < self.batch_size:
+                continue
+            made += 1
+            yield self._batch(items, {"epoch": self.epoch, "rank": rank, "worker": worker, "raw": raw,
+                                      "batches": made, "counts": dict(counts), "bad_shards": bad_shards})
+            items, counts, bad_shards, aug = [], Counter(), [], None
+            if made >= self.batches_per_worker:
+                return
 
     def _batch(self, items: list, state: dict) -> dict:
         images, captions, *views = zip(*items)
@@ -262,3 +328,15 @@ class ShardStream(IterableDataset):
         if views:  # [B, 2, 3, H, W]: the two SimCLR views of every image (batch dimension first)
             batch["views"] = torch.stack(views[0])
         return batch
+
+
+def _mixed(sources: list[Iterator[dict]], shares: list[float], rng: random.Random) -> Iterator[dict]:
+    """Samples drawn from ``sources`` (endless iterators) with probabilities ``shares``; each
+    sample is tagged with its source's index (``__source__``)."""
+    bounds = list(itertools.accumulate(shares))
+    last = len(sources) - 1
+    while True:
+        index = min(bisect.bisect_right(bounds, rng.random() * bounds[-1]), last)
+        sample = next(sources[index])
+        sample["__source__"] = index
+        yield sample
