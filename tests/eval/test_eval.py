@@ -89,7 +89,7 @@ def test_task_file_with_unknown_key_is_refused(tmp_path):
     (tmp_path / "t.yaml").write_text("class_path: vlp.eval.Retrieval\ninit_args:\n  shards: x.tar\n"
                                      "  label_feild: category\n")
     with pytest.raises(VLPError, match=r"^task file \S*t\.yaml: vlp\.eval\.Retrieval: unknown key 'label_feild' "
-                                       r"\(it takes shards, captions, name, description\)$"):
+                                       r"\(it takes shards, captions, name, description, holdout\)$"):
         load_task(str(tmp_path / "t.yaml"))
 
 

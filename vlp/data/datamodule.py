@@ -15,8 +15,9 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import DataLoader
 
 from vlp.data.decode import CONVERT_REASONS
-from vlp.data.eval_set import EvalData
+from vlp.data.eval_set import EvalData, ValidationSet
 from vlp.data.filters import SampleFilters
+from vlp.data.holdout import Holdout
 from vlp.data.render import TextRenderer
 from vlp.data.shards import count_samples, expand_shards
 from vlp.data.sources import epoch_samples, mix_parts, resolve_sources
@@ -119,6 +120,16 @@ class VLPDataModule(LightningDataModule):
         filters: metadata filters applied while reading (vlp.data.filters.SampleFilters:
             ``{min_side: 32, max_aspect: 3.0, min_caption_chars: 2, require: [is_safe]}``);
             filtered samples are counted by reason (``data/filtered_*``).
+        holdout: a deterministic hold-out of the training shards as the validation set
+            (vlp.data.holdout): ``{fraction: 0.05, seed: 0}`` or just ``0.05``. The samples
+            whose key hashes below the fraction are skipped before decoding (counted
+            ``data/heldout``, not as bad) and are what the ``EvalTasks`` callback's validation
+            tasks read. It changes the training stream (a run with a hold-out is not
+            sample-identical to one without) and, when the epoch is counted from the shards,
+            shrinks it to ``round(size x (1 - fraction))`` samples, so ``epoch_batches()`` and
+            the LR schedule built from it follow; an explicit ``train_num_samples`` stays as given.
+        val_shards: an explicit validation set instead (a shard spec); the training stream is
+            then unchanged.
 
     Bad samples are skipped and counted by reason, odd image modes converted and counted
     (see vlp.data.stream.SampleDecoder); the counts (and, with sources, the samples read from
@@ -153,6 +164,8 @@ class VLPDataModule(LightningDataModule):
         caption_keys: list[str] | None = None,
         caption_templates: list[str] | None = None,
         filters: dict | None = None,  # SampleFilters' fields, checked there (unknown rules named)
+        holdout: float | dict | None = None,  # {fraction, seed}, checked by vlp.data.holdout
+        val_shards: str | None = None,
     ):
         super().__init__()
         # saved in checkpoints (as the recipe's values under the CLI) so that `vlp eval`
@@ -191,6 +204,13 @@ class VLPDataModule(LightningDataModule):
                                f"{bad or caption_templates!r}")
         self.caption_templates = list(caption_templates) if caption_templates else None
         self.filters = SampleFilters.of(filters)
+        self.holdout = Holdout.of(holdout)
+        if self.holdout is not None and val_shards is not None:
+            raise VLPError("give data.holdout or data.val_shards as the validation set, not both")
+        try:
+            self.val_shards = expand_shards(val_shards) if val_shards is not None else None
+        except VLPError as e:
+            raise VLPError(f"data.val_shards: {e}") from None
         self.seed = seed
         self.max_bad_fraction = max_bad_fraction
         self.max_image_pixels = max_image_pixels
@@ -215,8 +235,9 @@ class VLPDataModule(LightningDataModule):
     def _epoch_samples(self) -> int:
         """Samples per epoch; the shard index is read once, not at every train_dataloader call."""
         if self.train_num_samples is None:
-            self.train_num_samples = sum(count_samples(s) for s in self.shards) if self.sources is None else \
-                epoch_samples(self.sources)
+            total = sum(count_samples(s) for s in self.shards) if self.sources is None else epoch_samples(self.sources)
+            # the held-out samples are not trained on: the epoch is the rest (in expectation)
+            self.train_num_samples = total if self.holdout is None else round(total * (1 - self.holdout.fraction))
         return self.train_num_samples
 
     def _world_size(self) -> int:
@@ -268,7 +289,7 @@ class VLPDataModule(LightningDataModule):
                                filters=self.filters)
         stream = ShardStream(self.shards, decode, self.text_input, self.batch_size, batches_per_worker=per_worker,
                              shuffle_buffer=self.shuffle_buffer, resampled=self.resampled, seed=self.seed,
-                             mix=self._mix())
+                             mix=self._mix(), holdout=self.holdout)
         stream.length = per_worker * workers
         self._workers = workers
         return ResumableLoader(self, stream, num_workers=num_workers)
@@ -286,6 +307,19 @@ class VLPDataModule(LightningDataModule):
         each source's name, shard count and share (None for one plain shard spec)."""
         mix = self._mix()
         return None if mix is None else [[p.name, len(p.shards), round(p.share, 12)] for p in mix]
+
+    def validation_set(self) -> ValidationSet | None:
+        """The validation set: the held-out samples of the training shards (``data.holdout``),
+        or ``data.val_shards``; None without either. ``captions`` are the training caption
+        field(s), for validation retrieval, ``templates`` the caption templates."""
+        if self.holdout is None and self.val_shards is None:
+            return None
+        if self.val_shards is not None:
+            shards = list(self.val_shards)
+        else:  # every source's shards once, in order
+            shards = list(dict.fromkeys(self.shards))
+        return ValidationSet(shards, self.holdout, list(self.caption_keys or [self.caption_key]),
+                             self.caption_templates)
 
     def epoch_batches(self) -> int:
         """Batches per rank in one epoch (the schedule's epoch length), without iterating."""
@@ -376,6 +410,8 @@ class VLPDataModule(LightningDataModule):
         all and by reason), filtered (likewise), converted."""
         out = {"data/samples_read": float(self.stats["seen"]),
                "data/skipped": float(sum(self.stats[r] for r in SKIP_REASONS))}
+        if self.holdout is not None:
+            out["data/heldout"] = float(self.stats["heldout"])
         for key in (*SKIP_REASONS, *CONVERT_REASONS, "unreadable_shard"):
             if self.stats[key]:
                 prefix = "converted" if key in CONVERT_REASONS else "skipped"
@@ -393,7 +429,7 @@ class VLPDataModule(LightningDataModule):
     def summary(self) -> str:
         """One line with the counts of all ranks (a collective under DDP: every rank calls it)."""
         filters, sources = self._filter_reasons(), self._source_keys()
-        keys = ["seen", *SKIP_REASONS, *CONVERT_REASONS, "unreadable_shard", *filters, *sources]
+        keys = ["seen", *SKIP_REASONS, *CONVERT_REASONS, "unreadable_shard", *filters, *sources, "heldout"]
         counts = torch.tensor([float(self.stats[k]) for k in keys], dtype=torch.float64)
         if self._world_size() > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             counts = counts.to(self.trainer.strategy.root_device)
@@ -411,6 +447,8 @@ class VLPDataModule(LightningDataModule):
             parts.append("converted " + ", ".join(f"{k} {v}" for k, v in converted.items()))
         if sources:
             parts.append("from sources " + ", ".join(f"{k.removeprefix('source_')} {total[k]}" for k in sources))
+        if self.holdout is not None:
+            parts.append(f"held out {total['heldout']} (validation)")
         if total["unreadable_shard"]:
             parts.append(f"unreadable shards {total['unreadable_shard']} (named above)")
         return "; ".join(parts)
@@ -430,7 +468,10 @@ class VLPDataModule(LightningDataModule):
             ranks = [mine]
         return {"seed": self.seed, "epoch": self._epoch, "step": trainer.global_step if trainer else 0,
                 "world": world, "workers": self._workers, "batch_size": self.batch_size,
-                "mix": self.mix_signature(), "ranks": dict(enumerate(ranks))}
+                "mix": self.mix_signature(), "holdout": self._holdout_spec(), "ranks": dict(enumerate(ranks))}
+
+    def _holdout_spec(self) -> dict | None:
+        return None if self.holdout is None else self.holdout.spec()
 
     def load_loader_state(self, state: dict) -> None:
         rank = self.trainer.global_rank if self.trainer is not None else 0
@@ -452,6 +493,14 @@ class VLPDataModule(LightningDataModule):
                 f"the data stream cannot resume exactly: the checkpoint read the sources {saved_mix or 'one spec'}, "
                 f"this run {self.mix_signature() or 'one spec'} ([name, shards, share]); continuing with the start "
                 f"of epoch {state['epoch'] + 1}"
+            )
+            self._next_epoch = state["epoch"] + 1
+            return
+        saved_holdout = state.get("holdout")  # absent from checkpoints written before the hold-out
+        if saved_holdout != self._holdout_spec():
+            rank_zero_warn(
+                f"the data stream cannot resume exactly: the checkpoint held out {saved_holdout or 'nothing'}, "
+                f"this run {self._holdout_spec() or 'nothing'}; continuing with the start of epoch {state['epoch'] + 1}"
             )
             self._next_epoch = state["epoch"] + 1
             return

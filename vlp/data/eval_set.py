@@ -9,6 +9,11 @@ forward gathers them). Within a rank, batch ``j`` is made by data worker ``j % w
 
 Every reader walks all samples (reading but not decoding those of others): it learns
 ``N`` when the set ends, in time to pad its last batch.
+
+With a ``holdout`` (vlp.data.holdout.Holdout) the set is the held-out samples of the shards
+only: exactly those the training stream with that ``data.holdout`` skips. The others are
+passed over before numbering, by every reader alike, so the equal shares above hold for the
+held-out set.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from vlp.data.decode import BadSample, decode_image, image_member
+from vlp.data.holdout import Holdout
 from vlp.data.tar_reader import ShardError, tar_samples
 from vlp.data.transforms import image_transform
 from vlp.errors import VLPError
@@ -49,6 +55,31 @@ class EvalData:
         if encode is None:
             raise VLPError("eval data has neither a tokenizer nor a text renderer")
         return encode(texts)
+
+
+@dataclass
+class ValidationSet:
+    """A run's validation set (VLPDataModule.validation_set): ``shards``, read whole, or with a
+    ``holdout`` only their held-out samples; ``captions``: the training caption field(s);
+    ``templates``: the training caption templates (None: none)."""
+
+    shards: list[str]
+    holdout: Holdout | None
+    captions: list[str]
+    templates: list[str] | None = None
+
+
+def set_samples(shards: list[str], holdout: Holdout | None = None) -> Iterator[dict]:
+    """Every sample of an eval set in set order (shards in order, samples in shard order),
+    through the checked tar reader (a broken eval shard is an error naming it); with a
+    ``holdout``, only the samples it holds out."""
+    for url in shards:
+        try:
+            for sample in tar_samples(url):
+                if holdout is None or holdout.held_out(sample["__key__"]):
+                    yield sample
+        except ShardError as e:
+            raise VLPError(f"eval shard unreadable: {e}") from None
 
 
 def field_value(sample: dict, info: dict | None, field: str):
@@ -81,11 +112,12 @@ class EvalStream(IterableDataset):
     caption of the batch's samples (a field whose value is a list gives several captions),
     ``text_owner`` the sample number of each (-1: padding). With ``captions``, a batch always
     has at least one text (an empty one owned by -1 if its samples have none), so that every
-    rank encodes texts for every batch.
+    rank encodes texts for every batch. With ``holdout``, the set is the held-out samples only.
     """
 
     def __init__(self, shards: list[str], transform: Callable, tokenizer: Callable, batch_size: int,
-                 captions: list[str] = (), label_field: str | None = None, rank: int = 0, world: int = 1):
+                 captions: list[str] = (), label_field: str | None = None, rank: int = 0, world: int = 1,
+                 holdout: Holdout | None = None):
         if batch_size < 1:
             raise VLPError(f"eval batch size must be >= 1, got {batch_size}")
         self.shards = shards
@@ -95,6 +127,7 @@ class EvalStream(IterableDataset):
         self.captions = list(captions)
         self.label_field = label_field
         self.rank, self.world = rank, world
+        self.holdout = holdout
 
     def _decode(self, index: int, sample: dict) -> tuple:
         try:
@@ -122,13 +155,7 @@ class EvalStream(IterableDataset):
         }
 
     def _samples(self) -> Iterator[dict]:
-        """Every sample of every shard, in order, through the checked tar reader: a broken eval
-        shard is an error naming it."""
-        for url in self.shards:
-            try:
-                yield from tar_samples(url)
-            except ShardError as e:
-                raise VLPError(f"eval shard unreadable: {e}") from None
+        return set_samples(self.shards, self.holdout)
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()

@@ -17,6 +17,10 @@ Bad data (see ``SampleDecoder``): samples are skipped and counted by reason, or
 converted and counted; an unreadable shard is skipped, counted and named. Samples that
 ``data.filters`` reject are skipped and counted too (``filter_<reason>``).
 
+Hold-out (``holdout``, vlp.data.holdout): samples whose key the hold-out selects are skipped
+before decoding and counted ``heldout`` (not as bad, not as ``seen``); they still count as raw
+samples read, so a resume skips them like any other and the position stays exact.
+
 Several sources (``mix``, vlp.data.sources): a worker reads its part of every source and draws
 each next sample's source from a seeded RNG; the position is still the raw samples read, so a
 resume replays those draws without decoding and continues the uninterrupted stream.
@@ -37,6 +41,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from vlp.data.decode import BadSample, decode_image, image_member, json_value, sample_json
 from vlp.data.filters import SampleFilters
+from vlp.data.holdout import Holdout
 from vlp.data.sources import MixPart
 from vlp.data.tar_reader import ShardError, tar_samples
 from vlp.errors import VLPError
@@ -198,6 +203,8 @@ class ShardStream(IterableDataset):
             from its own RNG) and draws every next sample's source with probability ``share``
             from another RNG, all seeded from ``(seed, epoch, rank, worker)``. The position
             stays the raw samples read: a resume replays the draws without decoding.
+        holdout: samples whose key it holds out (vlp.data.holdout.Holdout) are skipped before
+            decoding and counted ``heldout``: they are the validation set.
 
     Set before each ``iter()`` (by the DataModule): ``epoch``; ``resume`` = ``{worker:
     {"raw", "batches"}}`` of this rank for a resumed epoch; ``rotate`` = the worker whose
@@ -206,8 +213,9 @@ class ShardStream(IterableDataset):
 
     def __init__(self, shards: list[str], decode: SampleDecoder, tokenizer: Callable, batch_size: int,
                  batches_per_worker: int, shuffle_buffer: int = 1000, resampled: bool = False, seed: int = 0,
-                 mix: list[MixPart] | None = None):
+                 mix: list[MixPart] | None = None, holdout: Holdout | None = None):
         self.shards = shards
+        self.holdout = holdout
         self.decode = decode
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -295,6 +303,9 @@ class ShardStream(IterableDataset):
             source = sample["__source__"] if names else 0
             if raw <= skip:  # resuming: read past what the run already consumed
                 usable[source] += 1
+                continue
+            if self.holdout is not None and self.holdout.held_out(sample["__key__"]):
+                counts["heldout"] += 1  # the validation set's: never trained on, never decoded
                 continue
             if aug is None:  # the n-th batch's augmentation depends only on n
                 aug = torch.Generator().manual_seed(

@@ -16,6 +16,7 @@ from typing import ClassVar
 import torch
 
 from vlp.data.eval_set import EvalData
+from vlp.data.holdout import Holdout
 from vlp.errors import VLPError
 from vlp.eval.features import Features, extract_features
 
@@ -45,9 +46,11 @@ class EvalRun:
         self.batch_size = batch_size
         self.autocast = autocast
 
-    def features(self, shards: str, captions: list[str] = (), label_field: str | None = None) -> Features:
+    def features(self, shards: str | list[str], captions: list[str] = (), label_field: str | None = None,
+                 holdout: Holdout | None = None) -> Features:
         return extract_features(self.module, shards, self.data, captions=captions, label_field=label_field,
-                                batch_size=self.batch_size, rank=self.rank, world=self.world, autocast=self.autocast)
+                                batch_size=self.batch_size, rank=self.rank, world=self.world, autocast=self.autocast,
+                                holdout=holdout)
 
 
 class EvalTask:
@@ -57,6 +60,9 @@ class EvalTask:
         shards: the eval set: a path, brace / glob pattern, ``builtin:emoji/...``, ``a::b``.
         name: the task's name in results (default: the task file's name).
         description: what the task measures (kept with the task, not in results).
+        holdout: evaluate only the samples of ``shards`` that this hold-out sets aside
+            (``{fraction, seed}`` or a fraction, as ``data.holdout``; vlp.data.holdout): the
+            validation set of a run that trained on ``shards`` with that hold-out.
 
     A kind sets ``kind`` (the result's ``kind``), ``headline`` (the metrics printed and put
     in tables) and ``evaluate``.
@@ -65,17 +71,19 @@ class EvalTask:
     kind: ClassVar[str] = ""
     headline: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, shards: str, name: str | None = None, description: str = ""):
+    def __init__(self, shards: str, name: str | None = None, description: str = "",
+                 holdout: float | dict | None = None):
         self.shards = shards
         self.name = name or type(self).__name__
         self.description = description
+        self.holdout = Holdout.of(holdout)
 
     def evaluate(self, run: EvalRun) -> tuple[dict[str, float], dict, int]:
         """``(metrics, details, number of eval samples)``."""
         raise NotImplementedError
 
     def dataset(self) -> dict:
-        return {"shards": self.shards}
+        return {"shards": self.shards, **({"holdout": self.holdout.spec()} if self.holdout else {})}
 
     @classmethod
     def headline_metrics(cls, metrics: dict) -> list[str]:
@@ -113,7 +121,7 @@ def labelled_train_test(task: EvalTask, run: EvalRun):
     """The features of a task's test set (``task.shards``) and train set (``task.train_shards``),
     the classes (``task.classnames``, or every label seen in either), and both label tensors:
     ``(test, train, classnames, test_y, train_y)``; the probes (linear, few-shot) start here."""
-    test = run.features(task.shards, label_field=task.label_field)
+    test = run.features(task.shards, label_field=task.label_field, holdout=task.holdout)
     train = run.features(task.train_shards, label_field=task.label_field)
     classnames = task.classnames or sorted(set(map(str, test.labels)) | set(map(str, train.labels)))
     return (test, train, classnames, label_ids(task, test.labels, classnames, "test"),

@@ -9,9 +9,8 @@ from typing import Literal
 
 from torch.utils.data import DataLoader
 
-from vlp.data.eval_set import PAD, EvalStream, field_value
+from vlp.data.eval_set import PAD, EvalStream, field_value, set_samples
 from vlp.data.shards import expand_shards
-from vlp.data.tar_reader import ShardError, tar_samples
 from vlp.errors import VLPError
 from vlp.eval.base import EvalRun, EvalTask
 from vlp.eval.cider import cider_d, words
@@ -44,7 +43,7 @@ class Captioning(EvalTask):
             (``labels.en``); a list-valued field gives several references.
         strategy, num_beams, max_length: generation settings (see Captioner.generate).
         examples: how many (image key, caption, references) to keep in the result's details.
-        name, description: see EvalTask.
+        name, description, holdout: see EvalTask (``holdout``: only the held-out samples of ``shards``).
 
     Metrics: ``cider`` (CIDEr-D as coco-caption returns it: 1.0 is the "100" of papers),
     ``bleu4``, ``exact_match``.
@@ -57,8 +56,8 @@ class Captioning(EvalTask):
 
     def __init__(self, shards: str, references: str | list[str] = "txt", strategy: Literal["greedy", "beam"] = "greedy",
                  num_beams: int = 4, max_length: int | None = None, examples: int = 5, name: str | None = None,
-                 description: str = ""):
-        super().__init__(shards, name, description)
+                 description: str = "", holdout: float | dict | None = None):
+        super().__init__(shards, name, description, holdout)
         self.references = [references] if isinstance(references, str) else list(references)
         if not self.references:
             raise VLPError("references is empty: give the reference caption fields, e.g. [txt]")
@@ -68,18 +67,14 @@ class Captioning(EvalTask):
     def _reference_texts(self, urls: list[str]) -> tuple[list[str], list[list[str]]]:
         """Keys and references of every sample in set order (no image decoding)."""
         keys, refs = [], []
-        for url in urls:
-            try:
-                for sample in tar_samples(url):
-                    info = json.loads(sample["json"]) if "json" in sample else None
-                    texts = []
-                    for f in self.references:
-                        value = field_value(sample, info, f)
-                        texts += [value] if isinstance(value, str) else [str(v) for v in value]
-                    keys.append(sample["__key__"])
-                    refs.append(texts)
-            except ShardError as e:
-                raise VLPError(f"eval shard unreadable: {e}") from None
+        for sample in set_samples(urls, self.holdout):
+            info = json.loads(sample["json"]) if "json" in sample else None
+            texts = []
+            for f in self.references:
+                value = field_value(sample, info, f)
+                texts += [value] if isinstance(value, str) else [str(v) for v in value]
+            keys.append(sample["__key__"])
+            refs.append(texts)
         return keys, refs
 
     def evaluate(self, run: EvalRun) -> tuple[dict[str, float], dict, int]:
@@ -88,7 +83,7 @@ class Captioning(EvalTask):
         captioner = Captioner(run.module)
         urls = expand_shards(self.shards)
         stream = EvalStream(urls, run.data.transform(), run.data.tokenizer, run.batch_size, (), None, run.rank,
-                            run.world)
+                            run.world, holdout=self.holdout)
         loader = DataLoader(stream, batch_size=None, num_workers=run.data.num_workers)
         device = run.module.device
         local: dict[int, str] = {}

@@ -13,6 +13,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from vlp.data.eval_set import PAD, EvalData, EvalStream
+from vlp.data.holdout import Holdout
 from vlp.data.shards import expand_shards
 from vlp.errors import VLPError
 
@@ -41,12 +42,13 @@ def gather_objects(obj, world: int) -> list:
 @torch.no_grad()
 def extract_features(module, shards: str | list[str], data: EvalData, captions: list[str] = (),
                      label_field: str | None = None, batch_size: int = 256, rank: int = 0, world: int = 1,
-                     autocast: Callable | None = None) -> Features:
+                     autocast: Callable | None = None, holdout: Holdout | None = None) -> Features:
     """Embed ``shards`` with ``module.encode_image`` (and ``encode_text`` when ``captions`` are
-    given). With ``world > 1`` every rank must call this; every rank runs the same number of
+    given); with a ``holdout``, only their held-out samples (a validation set). With ``world > 1`` every rank must call this; every rank runs the same number of
     forward passes, embeds its share and receives the whole set."""
     urls = expand_shards(shards) if isinstance(shards, str) else shards
-    stream = EvalStream(urls, data.transform(), data.texts, batch_size, captions, label_field, rank, world)
+    stream = EvalStream(urls, data.transform(), data.texts, batch_size, captions, label_field, rank, world,
+                        holdout=holdout)
     loader = DataLoader(stream, batch_size=None, num_workers=data.num_workers)
     device = module.device
     index, images, texts, owners, labels = [], [], [], [], []
@@ -67,7 +69,7 @@ def extract_features(module, shards: str | list[str], data: EvalData, captions: 
     }
     parts = [p for p in gather_objects(local, world) if p["image"] is not None]
     if not parts:
-        raise VLPError(f"eval shards {shards} hold no samples")
+        raise VLPError(f"eval shards {shards} hold no samples" + (" held out by data.holdout" if holdout else ""))
     all_index = torch.cat([p["index"] for p in parts])
     real = (all_index != PAD).nonzero().flatten()
     order = real[all_index[real].argsort()]

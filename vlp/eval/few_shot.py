@@ -111,6 +111,8 @@ class FewShot(EvalTask):
         weight_decay: AdamW weight decay.
         name: the task's name in results (default: the task file's name).
         description: what the task measures.
+        holdout: only the samples of ``shards`` (not ``train_shards``) this hold-out sets aside
+            (vlp.eval.EvalTask).
 
     Metrics: ``{init}_{k}shot_top1`` (mean over seeds) and ``..._std``, ``zeroshot_top1``.
     """
@@ -120,8 +122,9 @@ class FewShot(EvalTask):
     def __init__(self, shards: str, label_field: str, train_shards: str, classnames: list[str] | None = None,
                  templates: str | list[str] = "imagenet80", shots: list[int] = (1, 5, 10), seeds: int = 3,
                  inits: list[str] = ("random", "text"), steps: int = 100, lr: float = 3e-3,
-                 weight_decay: float = 0.0, name: str | None = None, description: str = ""):
-        super().__init__(shards, name, description)
+                 weight_decay: float = 0.0, name: str | None = None, description: str = "",
+                 holdout: float | dict | None = None):
+        super().__init__(shards, name, description, holdout)
         if not label_field:
             raise VLPError("label_field is empty")
         if not train_shards:
@@ -139,7 +142,7 @@ class FewShot(EvalTask):
         self.steps, self.lr, self.weight_decay = steps, lr, weight_decay
 
     def dataset(self) -> dict:
-        return {"shards": self.shards, "train_shards": self.train_shards}
+        return {**super().dataset(), "train_shards": self.train_shards}
 
     @classmethod
     def headline_metrics(cls, metrics: dict) -> list[str]:

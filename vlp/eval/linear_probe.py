@@ -71,6 +71,8 @@ class LinearProbe(EvalTask):
         weight_decays: the L2 weight decays tried.
         name: the task's name in results (default: the task file's name).
         description: what the task measures.
+        holdout: only the samples of ``shards`` (not ``train_shards``) this hold-out sets aside
+            (vlp.eval.EvalTask).
 
     Metrics: ``top1``, ``top5`` (with at least 5 classes), ``mean_per_class_recall``.
     """
@@ -80,8 +82,9 @@ class LinearProbe(EvalTask):
 
     def __init__(self, shards: str, label_field: str, train_shards: str, classnames: list[str] | None = None,
                  val_fraction: float = 0.2, weight_decays: list[float] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
-                 name: str | None = None, description: str = ""):
-        super().__init__(shards, name, description)
+                 name: str | None = None, description: str = "",
+                 holdout: float | dict | None = None):
+        super().__init__(shards, name, description, holdout)
         if not label_field:
             raise VLPError("label_field is empty")
         if not train_shards:
@@ -97,7 +100,7 @@ class LinearProbe(EvalTask):
         self.weight_decays = list(weight_decays)
 
     def dataset(self) -> dict:
-        return {"shards": self.shards, "train_shards": self.train_shards}
+        return {**super().dataset(), "train_shards": self.train_shards}
 
     def evaluate(self, run: EvalRun) -> tuple[dict[str, float], dict, int]:
         test, train, classnames, y, train_y = labelled_train_test(self, run)

@@ -61,6 +61,7 @@ class Retrieval(EvalTask):
             (``labels.de``); a list-valued field gives several captions.
         name: the task's name in results (default: the task file's name).
         description: what the task measures.
+        holdout: only the samples of ``shards`` this hold-out sets aside (vlp.eval.EvalTask).
 
     Metrics: ``image_to_text_R@{1,5,10}`` (an image's hit: any of its captions in the top k)
     and ``text_to_image_R@{1,5,10}``.
@@ -70,14 +71,14 @@ class Retrieval(EvalTask):
     headline = ("image_to_text_R@1", "image_to_text_R@5", "text_to_image_R@1", "text_to_image_R@5")
 
     def __init__(self, shards: str, captions: str | list[str] = "txt", name: str | None = None,
-                 description: str = ""):
-        super().__init__(shards, name, description)
+                 description: str = "", holdout: float | dict | None = None):
+        super().__init__(shards, name, description, holdout)
         self.captions = [captions] if isinstance(captions, str) else list(captions)
         if not self.captions:
             raise VLPError("captions is empty: give the caption fields, e.g. [txt]")
 
     def evaluate(self, run: EvalRun) -> tuple[dict[str, float], dict, int]:
-        feats = run.features(self.shards, captions=self.captions)
+        feats = run.features(self.shards, captions=self.captions, holdout=self.holdout)
         if len(feats.text) == 0:
             raise VLPError(f"task {self.name}: no captions found in fields {self.captions}")
         metrics = retrieval_metrics(feats.image, feats.text, feats.text_owner)

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from vlp.data.eval_set import PAD, EvalData, EvalStream, field_value, share_size
+from vlp.data.eval_set import PAD, EvalData, EvalStream, field_value, set_samples, share_size
+from vlp.data.holdout import Holdout
 from vlp.data.shards import expand_shards
-from vlp.data.tar_reader import ShardError, tar_samples
 from vlp.errors import VLPError
 from vlp.eval.base import EvalRun, EvalTask, label_ids
 from vlp.eval.features import gather_objects
@@ -56,22 +56,19 @@ def zeroshot_weights(module, data: EvalData, classnames: list[str], templates: l
     return torch.stack(out)
 
 
-def set_labels(shards: list[str], label_field: str) -> list:
-    """Every sample's label in set order, read without decoding images."""
+def set_labels(shards: list[str], label_field: str, holdout: Holdout | None = None) -> list:
+    """Every sample's label in set order (with a ``holdout``: of its held-out samples), read
+    without decoding images."""
     labels = []
-    for url in shards:
-        try:
-            for sample in tar_samples(url):
-                info = json.loads(sample["json"]) if "json" in sample else None
-                labels.append(field_value(sample, info, label_field))
-        except ShardError as e:
-            raise VLPError(f"eval shard unreadable: {e}") from None
+    for sample in set_samples(shards, holdout):
+        info = json.loads(sample["json"]) if "json" in sample else None
+        labels.append(field_value(sample, info, label_field))
     return labels
 
 
 @torch.no_grad()
 def decoder_scores(run: EvalRun, shards: list[str], classnames: list[str], templates: list[str],
-                   objective: str | None = None) -> torch.Tensor:
+                   objective: str | None = None, holdout: Holdout | None = None) -> torch.Tensor:
     """``[N, C]`` scores of the set's images in set order: per class, the mean
     over templates of the log-likelihood the captioning decoder gives the filled template
     (vlp.generation.Captioner.log_likelihood). Each rank scores its equal share."""
@@ -80,7 +77,7 @@ def decoder_scores(run: EvalRun, shards: list[str], classnames: list[str], templ
     captioner = Captioner(run.module, objective)
     prompts = run.data.tokenizer([fill(t, c) for c in classnames for t in templates])  # class-major
     stream = EvalStream(shards, run.data.transform(), run.data.tokenizer, run.batch_size, (), None, run.rank,
-                        run.world)
+                        run.world, holdout=holdout)
     loader = DataLoader(stream, batch_size=None, num_workers=run.data.num_workers)
     local: dict[int, torch.Tensor] = {}
     for batch in loader:
@@ -120,6 +117,7 @@ class ZeroShotClassification(EvalTask):
         objective: with ``scorer: decoder``, the captioning objective's name (None: the only one).
         name: the task's name in results (default: the task file's name).
         description: what the task measures.
+        holdout: only the samples of ``shards`` this hold-out sets aside (vlp.eval.EvalTask).
 
     Metrics: ``top1``, ``top5`` (with at least 5 classes), ``mean_per_class_recall``.
     """
@@ -129,8 +127,9 @@ class ZeroShotClassification(EvalTask):
 
     def __init__(self, shards: str, label_field: str, classnames: list[str] | None = None,
                  templates: str | list[str] = "imagenet80", scorer: Literal["contrastive", "decoder"] = "contrastive",
-                 objective: str | None = None, name: str | None = None, description: str = ""):
-        super().__init__(shards, name, description)
+                 objective: str | None = None, name: str | None = None, description: str = "",
+                 holdout: float | dict | None = None):
+        super().__init__(shards, name, description, holdout)
         if not label_field:
             raise VLPError("label_field is empty")
         if scorer not in ("contrastive", "decoder"):
@@ -143,14 +142,14 @@ class ZeroShotClassification(EvalTask):
     def evaluate(self, run: EvalRun) -> tuple[dict[str, float], dict, int]:
         if self.scorer == "decoder":
             urls = expand_shards(self.shards)
-            labels = set_labels(urls, self.label_field)
+            labels = set_labels(urls, self.label_field, self.holdout)
             classnames = self.classnames or sorted(set(map(str, labels)))
             y = label_ids(self, labels, classnames, "test")
-            scores = decoder_scores(run, urls, classnames, self.templates, self.objective)
+            scores = decoder_scores(run, urls, classnames, self.templates, self.objective, self.holdout)
             if len(scores) != len(y):
                 raise VLPError(f"task {self.name}: scored {len(scores)} images of {len(y)} labelled samples")
             return classification_metrics(scores, y), {"num_classes": len(classnames), "scorer": "decoder"}, len(y)
-        feats = run.features(self.shards, label_field=self.label_field)
+        feats = run.features(self.shards, label_field=self.label_field, holdout=self.holdout)
         classnames = self.classnames or sorted(set(map(str, feats.labels)))
         y = label_ids(self, feats.labels, classnames, "test")
         weights = zeroshot_weights(run.module, run.data, classnames, self.templates, run.rank, run.world).cpu()
