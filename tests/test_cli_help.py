@@ -54,7 +54,7 @@ def test_lightning_evaluation_subcommands_point_to_vlp_eval(command, capsys):
 def test_unknown_command_suggests_the_close_one(capsys):
     line = _error_line(capsys, ["fti", "--recipe", "clip_tiny"])
     assert line == ("vlp: error: unknown command 'fti'; did you mean fit? "
-                    "(the commands: fit, eval, caption, convert, recipes; "
+                    "(the commands: fit, eval, caption, convert, overlap, recipes; "
                     "see `vlp --help`)")
 
 

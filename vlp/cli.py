@@ -6,6 +6,7 @@
     vlp eval --ckpt PATH --task NAME [--task NAME ...]   (see vlp.eval.command)
     vlp caption --ckpt PATH IMAGE_OR_SHARDS...          (see vlp.caption)
     vlp convert SHARDED_DIR OUT.ckpt                    (see vlp.convert)
+    vlp overlap --train SHARDS --eval TASK_OR_SHARDS    (see vlp.overlap)
 
 ``--recipe`` loads and merges the recipe (vlp.recipes) and hands it to LightningCLI
 as its first ``--config``; every later option overrides a recipe value; ``--vars.NAME
@@ -28,7 +29,7 @@ import yaml
 
 from vlp.errors import VLPError
 
-COMMANDS = ("fit", "eval", "caption", "convert", "recipes")
+COMMANDS = ("fit", "eval", "caption", "convert", "overlap", "recipes")
 
 FIT_USAGE = """\
 usage: vlp fit --recipe NAME|PATH [--KEY VALUE ...] [--vars.NAME VALUE ...]
@@ -58,6 +59,7 @@ commands:
   eval      evaluate checkpoints on eval tasks: vlp eval --ckpt PATH --task NAME (more: vlp eval --help)
   caption   caption images with a CoCa checkpoint: vlp caption --ckpt PATH IMAGE_OR_SHARDS... (more: vlp caption --help)
   convert   one checkpoint file out of a DeepSpeed / FSDP2 checkpoint directory: vlp convert DIR OUT.ckpt
+  overlap   near-duplicates of eval images in training data: vlp overlap --train SHARDS --eval TASK (more: --help)
   recipes   list the shipped recipes
 
 {FIT_USAGE}"""
@@ -468,6 +470,10 @@ def run_cli(argv: list[str], run: bool = True):
         from vlp.convert import convert_main
 
         return convert_main(argv[1:])
+    if argv[:1] == ["overlap"]:
+        from vlp.overlap import overlap_main
+
+        return overlap_main(argv[1:])
     if argv[:1] == ["recipes"]:
         rows = list_recipes()
         width = max(len(n) for n, _ in rows)

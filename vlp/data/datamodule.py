@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from vlp.data.decode import CONVERT_REASONS
 from vlp.data.eval_set import EvalData, ValidationSet
+from vlp.data.exclusions import Exclusions
 from vlp.data.filters import SampleFilters
 from vlp.data.holdout import Holdout
 from vlp.data.render import TextRenderer
@@ -130,6 +131,13 @@ class VLPDataModule(LightningDataModule):
             the LR schedule built from it follow; an explicit ``train_num_samples`` stays as given.
         val_shards: an explicit validation set instead (a shard spec); the training stream is
             then unchanged.
+        exclude_keys: an exclusion file (vlp.data.exclusions; `vlp overlap --write-exclusions`
+            writes one): lines ``KEY<TAB>SHARD`` (that shard's sample only; keys need not be
+            unique across shards) or ``KEY`` (in every shard). Listed samples are skipped before
+            decoding and counted ``data/excluded`` (not as bad); the resume stays exact. An epoch
+            counted from the shards shrinks by the ``KEY<TAB>SHARD`` entries of training shards
+            (key-only entries are not counted); a file none of whose entries names a training
+            shard is an error (written for other data, or the data moved).
 
     Bad samples are skipped and counted by reason, odd image modes converted and counted
     (see vlp.data.stream.SampleDecoder); the counts (and, with sources, the samples read from
@@ -166,6 +174,7 @@ class VLPDataModule(LightningDataModule):
         filters: dict | None = None,  # SampleFilters' fields, checked there (unknown rules named)
         holdout: float | dict | None = None,  # {fraction, seed}, checked by vlp.data.holdout
         val_shards: str | None = None,
+        exclude_keys: str | None = None,
     ):
         super().__init__()
         # saved in checkpoints (as the recipe's values under the CLI) so that `vlp eval`
@@ -211,6 +220,9 @@ class VLPDataModule(LightningDataModule):
             self.val_shards = expand_shards(val_shards) if val_shards is not None else None
         except VLPError as e:
             raise VLPError(f"data.val_shards: {e}") from None
+        self.exclusions = Exclusions.load(exclude_keys) if exclude_keys is not None else None
+        if self.exclusions is not None:
+            self.exclusions.check_against(self.shards)
         self.seed = seed
         self.max_bad_fraction = max_bad_fraction
         self.max_image_pixels = max_image_pixels
@@ -236,6 +248,10 @@ class VLPDataModule(LightningDataModule):
         """Samples per epoch; the shard index is read once, not at every train_dataloader call."""
         if self.train_num_samples is None:
             total = sum(count_samples(s) for s in self.shards) if self.sources is None else epoch_samples(self.sources)
+            if self.exclusions is not None:  # the listed samples are not trained on
+                total -= self.exclusions.count_in(self.shards) if self.sources is None else \
+                    sum(round(self.exclusions.count_in(s.shards) * s.repeat) for s in self.sources)
+                total = max(total, 0)
             # the held-out samples are not trained on: the epoch is the rest (in expectation)
             self.train_num_samples = total if self.holdout is None else round(total * (1 - self.holdout.fraction))
         return self.train_num_samples
@@ -289,7 +305,7 @@ class VLPDataModule(LightningDataModule):
                                filters=self.filters)
         stream = ShardStream(self.shards, decode, self.text_input, self.batch_size, batches_per_worker=per_worker,
                              shuffle_buffer=self.shuffle_buffer, resampled=self.resampled, seed=self.seed,
-                             mix=self._mix(), holdout=self.holdout)
+                             mix=self._mix(), holdout=self.holdout, exclusions=self.exclusions)
         stream.length = per_worker * workers
         self._workers = workers
         return ResumableLoader(self, stream, num_workers=num_workers)
@@ -412,6 +428,8 @@ class VLPDataModule(LightningDataModule):
                "data/skipped": float(sum(self.stats[r] for r in SKIP_REASONS))}
         if self.holdout is not None:
             out["data/heldout"] = float(self.stats["heldout"])
+        if self.exclusions is not None:
+            out["data/excluded"] = float(self.stats["excluded"])
         for key in (*SKIP_REASONS, *CONVERT_REASONS, "unreadable_shard"):
             if self.stats[key]:
                 prefix = "converted" if key in CONVERT_REASONS else "skipped"
@@ -429,7 +447,7 @@ class VLPDataModule(LightningDataModule):
     def summary(self) -> str:
         """One line with the counts of all ranks (a collective under DDP: every rank calls it)."""
         filters, sources = self._filter_reasons(), self._source_keys()
-        keys = ["seen", *SKIP_REASONS, *CONVERT_REASONS, "unreadable_shard", *filters, *sources, "heldout"]
+        keys = ["seen", *SKIP_REASONS, *CONVERT_REASONS, "unreadable_shard", *filters, *sources, "heldout", "excluded"]
         counts = torch.tensor([float(self.stats[k]) for k in keys], dtype=torch.float64)
         if self._world_size() > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             counts = counts.to(self.trainer.strategy.root_device)
@@ -449,6 +467,8 @@ class VLPDataModule(LightningDataModule):
             parts.append("from sources " + ", ".join(f"{k.removeprefix('source_')} {total[k]}" for k in sources))
         if self.holdout is not None:
             parts.append(f"held out {total['heldout']} (validation)")
+        if self.exclusions is not None:
+            parts.append(f"excluded {total['excluded']} (data.exclude_keys)")
         if total["unreadable_shard"]:
             parts.append(f"unreadable shards {total['unreadable_shard']} (named above)")
         return "; ".join(parts)
@@ -468,10 +488,14 @@ class VLPDataModule(LightningDataModule):
             ranks = [mine]
         return {"seed": self.seed, "epoch": self._epoch, "step": trainer.global_step if trainer else 0,
                 "world": world, "workers": self._workers, "batch_size": self.batch_size,
-                "mix": self.mix_signature(), "holdout": self._holdout_spec(), "ranks": dict(enumerate(ranks))}
+                "mix": self.mix_signature(), "holdout": self._holdout_spec(),
+                "exclusions": self._exclusions_spec(), "ranks": dict(enumerate(ranks))}
 
     def _holdout_spec(self) -> dict | None:
         return None if self.holdout is None else self.holdout.spec()
+
+    def _exclusions_spec(self) -> dict | None:
+        return None if self.exclusions is None else self.exclusions.spec()
 
     def load_loader_state(self, state: dict) -> None:
         rank = self.trainer.global_rank if self.trainer is not None else 0
@@ -504,4 +528,15 @@ class VLPDataModule(LightningDataModule):
             )
             self._next_epoch = state["epoch"] + 1
             return
+        saved, mine_spec = state.get("exclusions"), self._exclusions_spec()  # absent from older checkpoints
+        if ([saved.get(k) for k in ("entries", "digest")] if saved else None) != \
+                ([mine_spec.get(k) for k in ("entries", "digest")] if mine_spec else None):
+            # the raw position does not depend on what is excluded: continue there with this run's list
+            rank_zero_warn(f"data.exclude_keys changed since the checkpoint ({_describe(saved)} -> "
+                           f"{_describe(mine_spec)}): the stream continues at the saved position and skips what "
+                           "this run's list names")
         self._resume = {"epoch": state["epoch"], "step": state["step"], "positions": mine.get("positions", {})}
+
+
+def _describe(spec: dict | None) -> str:
+    return "no list" if not spec else f"{spec['entries']} entries of {spec['file']}"

@@ -21,6 +21,10 @@ Hold-out (``holdout``, vlp.data.holdout): samples whose key the hold-out selects
 before decoding and counted ``heldout`` (not as bad, not as ``seen``); they still count as raw
 samples read, so a resume skips them like any other and the position stays exact.
 
+Exclusions (``exclusions``, vlp.data.exclusions, ``data.exclude_keys``): samples whose (shard,
+key) the list names (e.g. near-duplicates of eval images found by `vlp overlap`) are skipped the
+same way, before decoding, counted ``excluded``; the position stays exact likewise.
+
 Several sources (``mix``, vlp.data.sources): a worker reads its part of every source and draws
 each next sample's source from a seeded RNG; the position is still the raw samples read, so a
 resume replays those draws without decoding and continues the uninterrupted stream.
@@ -40,6 +44,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from vlp.data.decode import BadSample, decode_image, image_member, json_value, sample_json
+from vlp.data.exclusions import Exclusions
 from vlp.data.filters import SampleFilters
 from vlp.data.holdout import Holdout
 from vlp.data.sources import MixPart
@@ -205,6 +210,8 @@ class ShardStream(IterableDataset):
             stays the raw samples read: a resume replays the draws without decoding.
         holdout: samples whose key it holds out (vlp.data.holdout.Holdout) are skipped before
             decoding and counted ``heldout``: they are the validation set.
+        exclusions: samples it lists (vlp.data.exclusions.Exclusions, by shard and key) are
+            skipped before decoding and counted ``excluded``.
 
     Set before each ``iter()`` (by the DataModule): ``epoch``; ``resume`` = ``{worker:
     {"raw", "batches"}}`` of this rank for a resumed epoch; ``rotate`` = the worker whose
@@ -213,9 +220,11 @@ class ShardStream(IterableDataset):
 
     def __init__(self, shards: list[str], decode: SampleDecoder, tokenizer: Callable, batch_size: int,
                  batches_per_worker: int, shuffle_buffer: int = 1000, resampled: bool = False, seed: int = 0,
-                 mix: list[MixPart] | None = None, holdout: Holdout | None = None):
+                 mix: list[MixPart] | None = None, holdout: Holdout | None = None,
+                 exclusions: Exclusions | None = None):
         self.shards = shards
         self.holdout = holdout
+        self.exclusions = exclusions if exclusions else None  # an empty list excludes nothing
         self.decode = decode
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -306,6 +315,9 @@ class ShardStream(IterableDataset):
                 continue
             if self.holdout is not None and self.holdout.held_out(sample["__key__"]):
                 counts["heldout"] += 1  # the validation set's: never trained on, never decoded
+                continue
+            if self.exclusions is not None and self.exclusions.excluded(sample["__url__"], sample["__key__"]):
+                counts["excluded"] += 1  # listed (e.g. a near-duplicate of an eval image): never decoded
                 continue
             if aug is None:  # the n-th batch's augmentation depends only on n
                 aug = torch.Generator().manual_seed(
