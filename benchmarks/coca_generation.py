@@ -57,6 +57,7 @@ from open_clip_coca import (
     open_clip_greedy,
     same_rows,
 )
+from report import append_result  # noqa: E402
 
 
 def build_vlp(args, extra: list[str]):
@@ -254,11 +255,9 @@ def main() -> None:
     ]
     print("\n".join(lines))
     if not args.no_append:
-        out = HERE / "results" / "coca_generation.md"
-        if not out.exists():
-            out.write_text("# CoCa caption generation: vlp (with / without its KV cache) vs open_clip's generate\n")
-        with out.open("a") as f:
-            f.write("\n".join(lines) + "\n")
+        append_result("coca_generation",
+                      "# CoCa caption generation: vlp (with / without its KV cache) vs open_clip's generate\n",
+                      "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from report import append_result
+
 ZEROSHOT = ["emoji_google_test_category", "emoji_google_test_category_decoder", "emoji_twitter_test_category",
             "emoji_twitter_test_category_decoder"]
 
@@ -94,11 +94,8 @@ def main() -> None:
         lines += ["", f"Greedy captions, {name} (first {len(examples)} samples):", "",
                   "| key | caption | reference |", "|---|---|---|"]
         lines += [f"| {e['key']} | {e['caption']} | {'; '.join(e['references'])} |" for e in examples]
-    out = HERE / "results" / "coca_report.md"
-    if not out.exists():
-        out.write_text("# CoCa: captions, caption metrics, zero-shot by embeddings and by the decoder\n")
-    with out.open("a") as f:
-        f.write("\n".join(lines) + "\n")
+    append_result("coca_report", "# CoCa: captions, caption metrics, zero-shot by embeddings and by the decoder\n",
+                  "\n".join(lines))
     print("\n".join(lines))
     print(json.dumps({"ckpt": ckpt}))
 

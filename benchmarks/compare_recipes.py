@@ -41,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import append_result
+
 from vlp.recipes import load_recipe
 
 HERE = Path(__file__).resolve().parent
@@ -218,18 +220,14 @@ def main() -> None:
                  f"{r['peak_rss_mb']:.0f}"]
         cells += [f"{100 * r['results'].get(t, {}).get(m, float('nan')):.1f}%" for t, m, _ in metrics]
         lines.append("| " + " | ".join(cells) + " |")
-    out = HERE / "results" / f"{args.name}.md"
-    if not out.exists():
-        out.write_text("# Recipes side by side: same data, same wall-clock budget\n\nEach recipe's schedule is "
-                       "sized to the budget from a short in-process timing; `trainer.max_time` is the hard stop. "
-                       "Peak RSS is the training process's (data workers not included).\n")
     stem = args.name + ("_steps" if args.steps else "")
     (HERE / "results" / f"{stem}_curves.json").write_text(json.dumps(
         {"command": command, "curves": {r["recipe"]: r["curve"] for r in rows}}, indent=1))
     plot(rows, HERE / "results" / f"{stem}.png", f"{command}  ({os.cpu_count()} CPU cores)")
     lines.append(f"\nCurves: `{stem}_curves.json`, plot `{stem}.png` (accuracy against training wall-clock).")
-    with out.open("a") as f:
-        f.write("\n".join(lines) + "\n")
+    append_result(args.name, "# Recipes side by side: same data, same wall-clock budget\n\nEach recipe's schedule is "
+                  "sized to the budget from a short in-process timing; `trainer.max_time` is the hard stop. "
+                  "Peak RSS is the training process's (data workers not included).\n", "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -21,9 +21,10 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
+
+from report import append_result
 
 
 def stream_rate(recipe: str, workers: int, batches: int, extra: list[str]) -> float:
@@ -94,11 +95,7 @@ def main() -> None:
         lines.append(f"| {w} | {v:.1f} | " + " | ".join(f"{v / consume[r]:.2f}" for r in recipes) + " |")
     lines += ["", "Consumption (training step alone, one fixed batch): "
               + ", ".join(f"{r} {v:.1f} samples/s" for r, v in consume.items())]
-    out = Path(__file__).parent / "results" / "data_throughput.md"
-    if not out.exists():
-        out.write_text("# The data stream alone against the model's consumption\n")
-    with out.open("a") as f:
-        f.write("\n".join(lines) + "\n")
+    append_result("data_throughput", "# The data stream alone against the model's consumption\n", "\n".join(lines))
     print("\n".join(lines))
 
 

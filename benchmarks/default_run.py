@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import append_to
+
 HERE = Path(__file__).resolve().parent
 KEYS = [  # (task, metric, column)
     ("emoji_google_test_retrieval", "image_to_text_R@1", "google test i->t R@1"),
@@ -59,19 +61,16 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "results" / "default_run.md"))
     args, extra = parser.parse_known_args()
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if not out.exists():
-        head = " | ".join(["recipe", "overrides", "wall s", "steps"] + [column for _, _, column in KEYS])
-        out.write_text(f"| {head} |\n|{' --- |' * (4 + len(KEYS))}\n")
+    head = " | ".join(["recipe", "overrides", "wall s", "steps"] + [column for _, _, column in KEYS])
+    header = f"| {head} |\n|{' --- |' * (4 + len(KEYS))}\n"
     for _ in range(args.runs):
         r = one_run(args.recipe, extra)
         cells = [args.recipe, " ".join(extra) or "-", f"{r['seconds']:.0f}", str(r["step"])]
         cells += [f"{100 * r['metrics'][t][m]:.1f}%" for t, m, _ in KEYS]
-        with out.open("a") as f:
-            f.write("| " + " | ".join(cells) + " |\n")
+        append_to(out, header, "| " + " | ".join(cells) + " |")
         print(" | ".join(cells), flush=True)
-    with out.open("a") as f:
-        f.write(f"\n<!-- python benchmarks/default_run.py --recipe {args.recipe} {' '.join(extra)}; {machine()} -->\n")
+    append_to(out, header,
+              f"\n<!-- python benchmarks/default_run.py --recipe {args.recipe} {' '.join(extra)}; {machine()} -->")
 
 
 if __name__ == "__main__":

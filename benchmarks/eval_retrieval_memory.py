@@ -16,7 +16,8 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from report import append_result
 
 
 def one(n: int, dim: int) -> dict:
@@ -64,12 +65,8 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['n']} | {r['dim']} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | "
                      f"{r['rss_before_mb']:.0f} | {r['embeddings_mb']:.0f} |")
-    out = Path(__file__).parent / "results" / "eval_retrieval_memory.md"
-    if not out.exists():
-        out.write_text("# Retrieval metrics: time and peak memory\n\nChunked scoring: a score block holds "
-                       "at most 2^24 elements (64 MB fp32) whatever the size.\n")
-    with out.open("a") as f:
-        f.write("\n".join(lines) + "\n")
+    append_result("eval_retrieval_memory", "# Retrieval metrics: time and peak memory\n\nChunked scoring: a score "
+                  "block holds at most 2^24 elements (64 MB fp32) whatever the size.\n", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import sys
-import time
-from pathlib import Path
 
 import torch
+
+from report import append_result
+from timing import alternating_medians, section_head, train_step_seconds
 
 
 def main() -> None:
@@ -45,49 +45,25 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     model.log = lambda *a, **k: None  # no trainer here
 
-    def step() -> float:
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        loss = model.training_step(batch, 0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
+    def step(r: float) -> float:
+        tower.mask_ratio = r
+        return train_step_seconds(model, batch, opt, args.device)
 
     ratios = [float(r) for r in args.ratios.split(",")]
-    times: dict[float, list[float]] = {r: [] for r in ratios}
-    for round_ in range(args.warmup + args.steps):
-        for r in ratios:
-            tower.mask_ratio = r
-            t = step()
-            if round_ >= args.warmup:
-                times[r].append(t)
-    base = statistics.median(times[ratios[0]])
+    medians = alternating_medians(ratios, step, args.warmup, args.steps)
+    base = medians[ratios[0]]
     tokens = (size // tower.trunk.patch_embed.patch_size[0]) ** 2
     rows = []
     for r in ratios:
-        med = statistics.median(times[r])
+        med = medians[r]
         kept = max(1, int(tokens * (1 - r))) if r else tokens
         rows.append(f"| {r:g} | {kept} / {tokens} | {1000 * med:.1f} | {base / med:.2f}x |")
         print(rows[-1])
     cmd = "python benchmarks/flip_mask_speed.py " + " ".join(sys.argv[1:])
-    header = [
-        f"\n## {time.strftime('%Y-%m-%d')}, {args.device}, {platform.machine()}, torch {torch.__version__}, "
-        f"threads {torch.get_num_threads()}",
-        "",
-        f"`{cmd}` - recipe {args.recipe}, batch {args.batch_size}, {size} px, median of {args.steps} steps",
-        "",
-        "| mask ratio | patches kept | step ms | speed-up vs first |",
-        "|---|---|---|---|",
-    ]
-    out = Path(__file__).parent / "results" / "flip_mask_speed.md"
-    if not out.exists():
-        out.write_text("# FLIP: train-step time against mask ratio\n")
-    with out.open("a") as f:
-        f.write("\n".join(header + rows) + "\n")
+    header = section_head(args.device, platform.machine(), cmd,
+                          f"recipe {args.recipe}, batch {args.batch_size}, {size} px, median of {args.steps} steps",
+                          ["mask ratio", "patches kept", "step ms", "speed-up vs first"])
+    append_result("flip_mask_speed", "# FLIP: train-step time against mask ratio\n", "\n".join(header + rows))
 
 
 if __name__ == "__main__":

@@ -23,9 +23,8 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from report import append_result
 
 
 def rss_mb(field: str) -> float:
@@ -120,13 +119,9 @@ def main() -> None:
         label = "plain" if r["mode"] == "plain" else f"cache (chunk {args.chunk})"
         lines.append(f"| {r['batch']} | {label} | {r['step_s']:.3f} | {r['batch'] / r['step_s']:.1f} | "
                      f"{r['peak_mb']:.0f} | {r['rise_mb']:.0f} | {r['peak_mb'] / base['peak_mb']:.2f} |")
-    out = HERE / "results" / "grad_cache.md"
-    if not out.exists():
-        out.write_text("# Gradient cache: memory and step time against batch size\n\nOne process per row; "
-                       "peak RSS includes the interpreter, torch and the model (on CPU), so the ratio column is "
-                       "what a user sees; the rise column is the step's own memory.\n")
-    with out.open("a") as f:
-        f.write("\n".join(lines) + "\n")
+    append_result("grad_cache", "# Gradient cache: memory and step time against batch size\n\nOne process per row; "
+                  "peak RSS includes the interpreter, torch and the model (on CPU), so the ratio column is "
+                  "what a user sees; the rise column is the step's own memory.\n", "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -16,6 +16,8 @@ import argparse
 import time
 from pathlib import Path
 
+from report import append_result
+
 HERE = Path(__file__).resolve().parent
 GiB = 2**30
 
@@ -139,18 +141,15 @@ def main() -> None:
             lines.append(f"| {gpus} | {local} | {strategy} | {states / GiB:.1f} | {acts / GiB:.1f} | "
                          f"{logits / GiB:.2f} | {total / GiB:.1f} | {'yes' if total < args.gpu_gib * GiB else 'no'} | "
                          f"{(states + ckpt + logits) / GiB:.1f} |")
-    out = HERE / "results" / "memory_model.md"
-    if not out.exists():
-        out.write_text("# Memory model\n\nModel states: ZeRO's accounting (bf16: 2 bytes of weights, 2 of "
-                       "gradients, 12 of fp32 master weights and AdamW moments per parameter; DDP under "
-                       "Lightning's bf16-mixed keeps fp32 weights, gradients, moments and DDP's gradient bucket "
-                       "copy: 20 bytes), plus DeepSpeed's buffers (two reduce buckets of 2e8 elements for ZeRO-2, "
-                       "Lightning's default; ZeRO-3's prefetch). Activations: 34 s h bytes per layer and sample "
-                       "(Korthikanti et al. 2022) with fused attention. Checked on CPU in "
-                       "benchmarks/results/sharding.md (differences between strategies) and grad_cache.md "
-                       "(activations per sample). See `python benchmarks/memory_model.py --help`.\n")
-    with out.open("a") as f:
-        f.write("\n".join(lines) + "\n")
+    append_result("memory_model", "# Memory model\n\nModel states: ZeRO's accounting (bf16: 2 bytes of weights, 2 of "
+                  "gradients, 12 of fp32 master weights and AdamW moments per parameter; DDP under "
+                  "Lightning's bf16-mixed keeps fp32 weights, gradients, moments and DDP's gradient bucket "
+                  "copy: 20 bytes), plus DeepSpeed's buffers (two reduce buckets of 2e8 elements for ZeRO-2, "
+                  "Lightning's default; ZeRO-3's prefetch). Activations: 34 s h bytes per layer and sample "
+                  "(Korthikanti et al. 2022) with fused attention. Checked on CPU in "
+                  "benchmarks/results/sharding.md (differences between strategies) and grad_cache.md "
+                  "(activations per sample). See `python benchmarks/memory_model.py --help`.\n",
+                  "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -26,7 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from report import append_result
+
 SHOW = [("emoji_twitter_test_retrieval", "image_to_text_R@1"), ("emoji_twitter_test_retrieval", "image_to_text_R@5"),
         ("emoji_twitter_test_retrieval", "text_to_image_R@5"), ("emoji_twitter_test_category", "top1"),
         ("emoji_google_test_retrieval", "image_to_text_R@5"), ("emoji_google_test_category", "top1")]
@@ -89,11 +90,8 @@ def main() -> None:
             sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
             cells.append(f"{statistics.mean(vals):.1f} +- {sd:.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    out = HERE / "results" / "mixed_vs_clip.md"
-    if not out.exists():
-        out.write_text("# Both artwork styles mixed vs one style: the style-shift tasks\n")
-    with out.open("a") as f:
-        f.write("\n".join(lines) + "\n")
+    append_result("mixed_vs_clip", "# Both artwork styles mixed vs one style: the style-shift tasks\n",
+                  "\n".join(lines))
     print("\n".join(lines))
 
 

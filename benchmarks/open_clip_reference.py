@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-HERE = Path(__file__).resolve().parent
+from report import append_result
 
 SMALL = dict(
     embed_dim=256,
@@ -129,13 +128,9 @@ def main() -> None:
     row += [f"{100 * results[TASKS[0]]['image_to_text_R@1']:.1f}%", f"{100 * results[TASKS[0]]['image_to_text_R@5']:.1f}%",
             f"{100 * results[TASKS[1]]['image_to_text_R@1']:.1f}%", f"{100 * results[TASKS[1]]['image_to_text_R@5']:.1f}%",
             f"{100 * results[TASKS[2]]['top1']:.1f}%"]
-    out = HERE / "results" / "open_clip_reference.md"
-    out.parent.mkdir(exist_ok=True)
-    if not out.exists():
-        out.write_text("| epochs | lr | warmup | batch | steps | train s | total s | google R@1 | google R@5 "
-                       "| twitter test R@1 | twitter test R@5 | category top1 |\n|" + " --- |" * 12 + "\n")
-    with out.open("a") as f:
-        f.write("| " + " | ".join(row) + f" |  <!-- {os.cpu_count()} cores, torch {torch.__version__} -->\n")
+    append_result("open_clip_reference", "| epochs | lr | warmup | batch | steps | train s | total s | google R@1 "
+                  "| google R@5 | twitter test R@1 | twitter test R@5 | category top1 |\n|" + " --- |" * 12 + "\n",
+                  "| " + " | ".join(row) + f" |  <!-- {os.cpu_count()} cores, torch {torch.__version__} -->")
     print(" | ".join(row))
 
 

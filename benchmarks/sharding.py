@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import append_result
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SIZES = {  # clip_tiny overrides
@@ -161,15 +163,11 @@ def main() -> None:
         lines.append(f"| {r['size']} | {r['strategy']} | {r['params'] / 1e6:.1f} M | {r['step_s']:.3f} | "
                      f"{2 * args.batch_size / r['step_s']:.1f} | {r['peak_mb']:.0f} | {vs} | "
                      f"{r['predicted_states_mb']:.0f} | {measured} | {modelled} |")
-    out = HERE / "results" / "sharding.md"
-    if not out.exists():
-        out.write_text("# Sharding on 2 processes: memory per process and step time\n\nPeak RSS includes the "
-                       "interpreter, torch, DeepSpeed and the data worker's share of nothing (workers are separate "
-                       "processes); the memory model (benchmarks/memory_model.py) predicts the model states "
-                       "(parameters, gradients, optimiser states, communication buffers), so its *differences* "
-                       "between strategies are what the measured differences check.\n")
-    with out.open("a") as f:
-        f.write("\n".join(lines) + "\n")
+    append_result("sharding", "# Sharding on 2 processes: memory per process and step time\n\nPeak RSS includes the "
+                  "interpreter, torch, DeepSpeed and the data worker's share of nothing (workers are separate "
+                  "processes); the memory model (benchmarks/memory_model.py) predicts the model states "
+                  "(parameters, gradients, optimiser states, communication buffers), so its *differences* "
+                  "between strategies are what the measured differences check.\n", "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
-import time
-from pathlib import Path
 
 import torch
+
+from report import append_result
+from timing import alternating_medians, section_head, train_step_seconds
 
 
 def build(recipe: str, extra: list[str], n: int, device: str):
@@ -55,47 +55,21 @@ def main() -> None:
     recipes = args.recipes.split(",")
     built = {r: build(r, extra, args.batch_size, args.device) for r in recipes}
 
-    def step(model, batch, opt) -> float:
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        loss = model.training_step(batch, 0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
-    times: dict[str, list[float]] = {r: [] for r in recipes}
-    for round_ in range(args.warmup + args.steps):
-        for r in recipes:
-            t = step(*built[r])
-            if round_ >= args.warmup:
-                times[r].append(t)
-    base = statistics.median(times[recipes[0]])
+    medians = alternating_medians(recipes, lambda r: train_step_seconds(*built[r], args.device),
+                                  args.warmup, args.steps)
+    base = medians[recipes[0]]
     rows = []
     for r in recipes:
-        med = statistics.median(times[r])
+        med = medians[r]
         params = sum(p.numel() for p in built[r][0].parameters())
         rows.append(f"| {r} | {params / 1e6:.2f} M | {1000 * med:.1f} | {args.batch_size / med:.1f} | "
                     f"{med / base:.2f}x |")
         print(rows[-1], flush=True)
     cmd = "python benchmarks/step_time.py " + " ".join(sys.argv[1:])
-    header = [
-        f"\n## {time.strftime('%Y-%m-%d')}, {args.device}, {os.cpu_count()} CPU cores ({platform.machine()}), "
-        f"torch {torch.__version__}, threads {torch.get_num_threads()}",
-        "",
-        f"`{cmd}` - batch {args.batch_size}, median of {args.steps} steps, recipes alternating",
-        "",
-        f"| recipe | parameters | step ms | samples/s | step time vs {recipes[0]} |",
-        "|---|---|---|---|---|",
-    ]
-    out = Path(__file__).parent / "results" / "step_time.md"
-    if not out.exists():
-        out.write_text("# Train-step time of recipes side by side\n")
-    with out.open("a") as f:
-        f.write("\n".join(header + rows) + "\n")
+    header = section_head(args.device, f"{os.cpu_count()} CPU cores ({platform.machine()})", cmd,
+                          f"batch {args.batch_size}, median of {args.steps} steps, recipes alternating",
+                          ["recipe", "parameters", "step ms", "samples/s", f"step time vs {recipes[0]}"])
+    append_result("step_time", "# Train-step time of recipes side by side\n", "\n".join(header + rows))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from open_clip_reference import Encoders  # noqa: E402
+from report import append_result  # noqa: E402
 
 OPEN_CLIP_CFG = dict(
     embed_dim=256,
@@ -257,11 +258,8 @@ def main() -> None:
               f"Eval check on the trained open_clip model: vlp's zero-shot classifier vs "
               f"open_clip.build_zero_shot_classifier max |diff| {check['max_abs_classifier_diff']:.2e}, top1 "
               f"{100 * check['vlp_top1']:.1f}% vs {100 * check['open_clip_top1']:.1f}%."]
-    out = HERE / "results" / "vs_open_clip.md"
-    if not out.exists():
-        out.write_text("# vlp vs open_clip: same architecture, data, precision and optimiser\n")
-    with out.open("a") as f:
-        f.write("\n".join(lines) + "\n")
+    append_result("vs_open_clip", "# vlp vs open_clip: same architecture, data, precision and optimiser\n",
+                  "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -12,7 +12,6 @@ import csv
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -135,12 +134,6 @@ def _metrics(where: Path) -> list[dict]:
         return [r for r in csv.DictReader(f) if r.get("train/loss")]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_vlp_deepspeed_names_are_registered_and_start_on_cpu():
     from lightning.pytorch import Trainer
     from lightning.pytorch.strategies import StrategyRegistry
@@ -160,11 +153,12 @@ def test_vlp_deepspeed_names_are_registered_and_start_on_cpu():
 
 @pytest.mark.slow
 def test_zero_1_2_3_and_fsdp2_give_the_ddp_losses_clip_skip_a_nonfinite_step_and_evaluate(tmp_path):
+    from tests.processes import env, free_port  # not at the top: the ranks run this file
+
     out = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(Path(__file__)), str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT, env=env())
     assert done.returncode == 0, done.stderr[-4000:]
 
     for name, recipe in _runs():

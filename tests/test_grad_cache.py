@@ -1,9 +1,6 @@
 """The gradient cache (vlp.step.GradCacheStep): the full-batch gradients of every parameter,
 random state replayed, batch-norm statistics updated once, refused where it cannot work."""
 
-import os
-import sys
-
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -218,25 +215,12 @@ def test_a_recipe_trains_with_the_cache_as_with_the_plain_step(tmp_path):
 
 @pytest.mark.slow
 def test_fit_under_ddp_with_the_cache_gives_the_plain_ddp_losses(tmp_path):
-    import subprocess
-    from pathlib import Path
+    from tests.processes import fit_two_processes
 
-    from tests.conftest import TINY
-    from tests.test_strategies import _losses
-
-    root = Path(__file__).resolve().parents[1]
-    for name, step in (("plain", []), ("cache", ["--model.step", "vlp.step.GradCacheStep", "--model.step.chunk_size",
-                                                "3"])):
-        cmd = [sys.executable, "-m", "vlp.cli", "fit", "--recipe", "clip_tiny", *TINY, *step,
-               "--data.train_num_samples", "160", "--trainer.max_steps", "4", "--trainer.max_epochs", "-1",
-               "--trainer.log_every_n_steps", "1", "--trainer.callbacks", "[]", "--trainer.enable_checkpointing",
-               "false", "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
-               "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.gradient_clip_val", "0.05",
-               "--trainer.default_root_dir", str(tmp_path / name)]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=root,
-                             env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
-        assert out.returncode == 0, out.stderr[-3000:]
-    plain, cache = _losses(tmp_path / "plain"), _losses(tmp_path / "cache")
+    clip = ["--trainer.gradient_clip_val", "0.05"]
+    plain = fit_two_processes(tmp_path / "plain", *clip)
+    cache = fit_two_processes(tmp_path / "cache", *clip, "--model.step", "vlp.step.GradCacheStep",
+                              "--model.step.chunk_size", "3")
     assert sorted(plain) == sorted(cache) == [0, 1, 2, 3]
     for step in plain:  # chunks of 3 of each rank's 8: the same sums in another order
         assert abs(plain[step] - cache[step]) <= 1e-5 * abs(plain[step]), (step, plain[step], cache[step])

@@ -2,19 +2,15 @@
 pooled-only pass goes through the blocks' own calls, so it works on sharded blocks, and a fit
 gives the DDP run's losses."""
 
-import csv
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.conftest import TINY
+from tests.processes import fit_two_processes
 
-ROOT = Path(__file__).resolve().parents[1]
 VIT = dict(patch_size=8, embed_dim=64, depth=2, num_heads=2)
 
 
@@ -76,26 +72,11 @@ def test_pooled_pass_on_fsdp2_sharded_blocks_equals_the_unsharded_towers(tmp_pat
         assert torch.allclose(got["grads"][name], p.grad, atol=1e-5, rtol=1e-4), name
 
 
-def _losses(root: Path) -> dict[int, float]:
-    with open(next(root.glob("clip_tiny/version_0/metrics.csv"))) as f:
-        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
-
-
 @pytest.mark.slow
 def test_fit_under_fsdp2_gives_the_ddp_losses(tmp_path):
     fsdp2 = ("{class_path: lightning.pytorch.strategies.ModelParallelStrategy, "
              "init_args: {data_parallel_size: 2, tensor_parallel_size: 1}}")
-    for name, strategy in (("ddp", "ddp"), ("fsdp2", fsdp2)):
-        cmd = [sys.executable, "-m", "vlp.cli", "fit", "--recipe", "clip_tiny", *TINY,
-               "--data.train_num_samples", "160", "--trainer.max_steps", "4", "--trainer.max_epochs", "-1",
-               "--trainer.log_every_n_steps", "1", "--trainer.callbacks", "[]", "--trainer.enable_checkpointing",
-               "false", "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
-               "--trainer.devices", "2", "--trainer.strategy", strategy,
-               "--trainer.default_root_dir", str(tmp_path / name)]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=ROOT,
-                             env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
-        assert out.returncode == 0, out.stderr[-3000:]
-    ddp, sharded = _losses(tmp_path / "ddp"), _losses(tmp_path / "fsdp2")
+    ddp, sharded = fit_two_processes(tmp_path / "ddp"), fit_two_processes(tmp_path / "fsdp2", strategy=fsdp2)
     assert sorted(ddp) == sorted(sharded) == [0, 1, 2, 3]
     for step in ddp:  # the same sums in another order (sharded all-gathers, reduce-scatter): float32 rounding
         assert abs(ddp[step] - sharded[step]) <= 1e-5 * abs(ddp[step]), (step, ddp[step], sharded[step])

@@ -6,16 +6,15 @@ import os
 import warnings
 
 import pytest
-import torch
 
-from tests.data.test_sources import _collect, _dm, _source
+from tests.data.streams import assert_resumes_exactly, collect, datamodule, source
 from vlp.data.exclusions import Exclusions, canonical_shard, format_entry, portable_shard
 from vlp.data.shards import builtin_root, expand_shards
 from vlp.errors import VLPError
 
 
 def _caption(key: str) -> str:
-    """The caption _source writes for a key (``a00017`` -> ``a 17``)."""
+    """The caption tests.data.streams.source writes for a key (``a00017`` -> ``a 17``)."""
     return f"{key[0]} {int(key[1:])}"
 
 
@@ -26,18 +25,18 @@ def _listing(tmp_path, lines: list[str], name: str = "exclude.txt") -> str:
 
 
 def test_entries_by_shard_and_key_or_by_key_skip_exactly_those_samples(tmp_path):
-    a = _source(tmp_path, "a", 2, 20)  # a00000..a00039 in a/000.tar, a/001.tar
+    a = source(tmp_path, "a", 2, 20)  # a00000..a00039 in a/000.tar, a/001.tar
     shards = expand_shards(a)
     # a00003 and a00010 in the first shard (they are there), a00025 named with the first shard but
     # in the second (kept), a00030 by key alone, a00021 with a relative path to the second shard
     rel = os.path.relpath(shards[1])
     listing = _listing(tmp_path, [f"a00003\t{shards[0]}", f"a00010\t{shards[0]}", f"a00025\t{shards[0]}", "a00030",
                                   f"a00021\t{rel}"])
-    dm = _dm(a, batch_size=6, exclude_keys=listing)
+    dm = datamodule(a, batch_size=6, exclude_keys=listing)
     # the epoch shrinks by the entries that name a training shard (4: the key-only one is not counted,
     # a00025's is, though that shard does not hold it)
     assert dm.epoch_batches() == (40 - 4) // 6
-    got = [c for b in _collect(dm) for c in b["caption"]]
+    got = [c for b in collect(dm) for c in b["caption"]]
     assert len(got) == 36 and len(set(got)) == 36
     assert not {"a 3", "a 10", "a 30", "a 21"} & set(got) and "a 25" in got
     assert dm.stats["excluded"] == 4 and dm.stats["seen"] == 36
@@ -45,58 +44,38 @@ def test_entries_by_shard_and_key_or_by_key_skip_exactly_those_samples(tmp_path)
     assert dm.data_metrics()["data/excluded"] == 4
     assert dm.summary().endswith("excluded 4 (data.exclude_keys)")
     # without a list: no count, no metric
-    plain = _dm(a, batch_size=6)
+    plain = datamodule(a, batch_size=6)
     assert "data/excluded" not in plain.data_metrics() and "excluded" not in plain.summary()
 
 
 def test_a_stream_with_exclusions_resumes_exactly(tmp_path):
     """In-process resume (loader_state -> load_loader_state) with 2 workers and two mixed sources,
     mid-epoch: the excluded samples count as read, so the position stays exact."""
-    a, b = _source(tmp_path, "a", 4, 30), _source(tmp_path, "b", 2, 30)
+    a, b = source(tmp_path, "a", 4, 30), source(tmp_path, "b", 2, 30)
     shards_a = expand_shards(a)
     listing = _listing(tmp_path, [f"a{i:05d}\t{shards_a[i // 30]}" for i in range(0, 120, 7)] + ["b00011", "b00042"])
     spec = [{"shards": a, "weight": 0.6}, {"shards": b, "weight": 0.4}]
     kw = {"num_workers": 2, "batch_size": 10, "train_num_samples": 120, "exclude_keys": listing}
 
-    def run(stop=None, state=None):
-        dm = _dm(spec, **kw)
-        loader = dm.train_dataloader()
-        if state is not None:
-            dm.load_loader_state(state)
-        got = []
-        for _ in range(2):
-            for batch in loader:
-                batch = dm.on_before_batch_transfer(batch, 0)
-                got.append((batch["caption"], batch["image"]))
-                if stop is not None and len(got) == stop:
-                    return got, dm.loader_state(), dm
-        return got, None, dm
-
-    full, _, whole = run()
+    full, whole, (state,) = assert_resumes_exactly(spec, kw, stops=(9,))
     assert len(full) == 24 and whole.stats["excluded"] > 0
     excluded = {_caption(f"a{i:05d}") for i in range(0, 120, 7)} | {"b 11", "b 42"}
     assert not excluded & {c for captions, _ in full for c in captions}
-    head, state, _ = run(stop=9)
     assert state["exclusions"]["entries"] == 20
-    tail, _, resumed = run(stop=len(full) - 9, state=state)
-    got = head + tail
-    assert [c for c, _ in got] == [c for c, _ in full]
-    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(got, full))
-    assert resumed.stats == whole.stats  # the excluded count carried over too
 
 
 def test_a_changed_list_continues_at_the_saved_position_with_a_warning(tmp_path):
-    a = _source(tmp_path, "a", 2, 20)
-    dm = _dm(a, batch_size=10, exclude_keys=_listing(tmp_path, ["a00001"]))
-    _collect(dm, n=1)
+    a = source(tmp_path, "a", 2, 20)
+    dm = datamodule(a, batch_size=10, exclude_keys=_listing(tmp_path, ["a00001"]))
+    collect(dm, n=1)
     state = dm.loader_state()
-    other = _dm(a, batch_size=10, exclude_keys=_listing(tmp_path, ["a00001", "a00002"], "other.txt"))
+    other = datamodule(a, batch_size=10, exclude_keys=_listing(tmp_path, ["a00001", "a00002"], "other.txt"))
     other.train_dataloader()
     with pytest.warns(UserWarning, match=r"data.exclude_keys changed since the checkpoint \(1 entries of .* -> 2 "):
         other.load_loader_state(state)
     assert other._resume is not None  # resumed where it stood, not at the next epoch
     # the same entries in another file are the same list: no warning
-    same = _dm(a, batch_size=10, exclude_keys=_listing(tmp_path, ["a00001"], "same.txt"))
+    same = datamodule(a, batch_size=10, exclude_keys=_listing(tmp_path, ["a00001"], "same.txt"))
     same.train_dataloader()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -124,19 +103,19 @@ def test_builtin_shards_are_named_portably_and_resolved_back():
                                        r"names 1 shard\(s\), e.g. /elsewhere/000.tar\); was it written for other")),
 ])
 def test_a_bad_exclusion_file_is_a_one_line_error(tmp_path, content, message):
-    a = _source(tmp_path, "a", 1, 2)
+    a = source(tmp_path, "a", 1, 2)
     path = tmp_path / ("missing.txt" if content is None else "bad.txt")
     if content is not None:
         path.write_text(content)
     with pytest.raises(VLPError, match=message) as info:
-        _dm(a, exclude_keys=str(path))
+        datamodule(a, exclude_keys=str(path))
     assert "\n" not in str(info.value)
 
 
 def test_an_empty_list_excludes_nothing(tmp_path):
-    a = _source(tmp_path, "a", 1, 20)
-    dm = _dm(a, batch_size=10, exclude_keys=_listing(tmp_path, []))
-    assert dm.epoch_batches() == 2 and len(_collect(dm)) == 2 and dm.stats["excluded"] == 0
+    a = source(tmp_path, "a", 1, 20)
+    dm = datamodule(a, batch_size=10, exclude_keys=_listing(tmp_path, []))
+    assert dm.epoch_batches() == 2 and len(collect(dm)) == 2 and dm.stats["excluded"] == 0
 
 
 def test_the_cli_takes_an_exclusion_file(tmp_path):

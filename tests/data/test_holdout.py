@@ -5,28 +5,27 @@ clear errors for bad settings."""
 import math
 
 import pytest
-import torch
 
-from tests.data.test_sources import _collect, _dm, _source
+from tests.data.streams import assert_resumes_exactly, collect, datamodule, source
 from vlp.data.eval_set import set_samples
 from vlp.data.holdout import Holdout
 from vlp.errors import VLPError
 
 
 def _caption(key: str) -> str:
-    """The caption _source writes for a key (``a00017`` -> ``a 17``)."""
+    """The caption tests.data.streams.source writes for a key (``a00017`` -> ``a 17``)."""
     return f"{key[0]} {int(key[1:])}"
 
 
 def test_the_hold_out_and_the_training_stream_are_disjoint_and_make_up_the_whole_set(tmp_path):
-    a = _source(tmp_path, "a", 4, 50)
+    a = source(tmp_path, "a", 4, 50)
     everything = {_caption(s["__key__"]) for s in set_samples(sorted(map(str, (tmp_path / "a").glob("*.tar"))))}
     assert len(everything) == 200
     # 2 workers, 2 epochs of ~2.5 passes over each worker's shards: every training key comes up in each
-    dm = _dm(a, num_workers=2, batch_size=10, train_num_samples=400, holdout={"fraction": 0.2, "seed": 3})
+    dm = datamodule(a, num_workers=2, batch_size=10, train_num_samples=400, holdout={"fraction": 0.2, "seed": 3})
     loader = dm.train_dataloader()
     assert loader.num_workers == 2
-    epochs = [{c for b in _collect(dm, loader) for c in b["caption"]} for _ in range(2)]
+    epochs = [{c for b in collect(dm, loader) for c in b["caption"]} for _ in range(2)]
     val = dm.validation_set()
     held = [_caption(s["__key__"]) for s in set_samples(val.shards, val.holdout)]
     assert len(held) == len(set(held)) and 0 < len(held) < 200
@@ -40,8 +39,8 @@ def test_the_hold_out_and_the_training_stream_are_disjoint_and_make_up_the_whole
     assert dm.data_metrics()["data/skipped"] == 0
     assert f"held out {dm.stats['heldout']} (validation)" in dm.summary()
     # the same hold-out whatever reads it: one worker, another batch size
-    again = _dm(a, num_workers=0, batch_size=20, train_num_samples=400, holdout={"fraction": 0.2, "seed": 3})
-    assert {c for b in _collect(again) for c in b["caption"]} == epochs[0]
+    again = datamodule(a, num_workers=0, batch_size=20, train_num_samples=400, holdout={"fraction": 0.2, "seed": 3})
+    assert {c for b in collect(again) for c in b["caption"]} == epochs[0]
 
 
 def test_the_hold_out_is_a_fixed_hash_of_seed_and_key_of_the_asked_size():
@@ -60,53 +59,32 @@ def test_the_hold_out_is_a_fixed_hash_of_seed_and_key_of_the_asked_size():
 
 
 def test_the_epoch_shrinks_by_the_held_out_fraction(tmp_path):
-    a = _source(tmp_path, "a", 4, 50)
-    assert _dm(a).epoch_batches() == 10
-    assert _dm(a, holdout=0.2).epoch_batches() == 8  # round(200 x 0.8) / 20
-    assert _dm(a, holdout=0.2, train_num_samples=200).epoch_batches() == 10  # an explicit epoch stays
-    b = _source(tmp_path, "b", 2, 50)
-    assert _dm([a, {"shards": b, "repeat": 2}], holdout=0.5).epoch_batches() == 400 // 2 // 20
+    a = source(tmp_path, "a", 4, 50)
+    assert datamodule(a).epoch_batches() == 10
+    assert datamodule(a, holdout=0.2).epoch_batches() == 8  # round(200 x 0.8) / 20
+    assert datamodule(a, holdout=0.2, train_num_samples=200).epoch_batches() == 10  # an explicit epoch stays
+    b = source(tmp_path, "b", 2, 50)
+    assert datamodule([a, {"shards": b, "repeat": 2}], holdout=0.5).epoch_batches() == 400 // 2 // 20
 
 
 def test_a_stream_with_a_hold_out_resumes_exactly(tmp_path):
     """In-process resume (loader_state -> load_loader_state) with 2 workers, mid-epoch and at the
     end of an epoch: the held-out samples count as read, so the position stays exact."""
-    a, b = _source(tmp_path, "a", 4, 30), _source(tmp_path, "b", 2, 30)
+    a, b = source(tmp_path, "a", 4, 30), source(tmp_path, "b", 2, 30)
     spec = [{"shards": a, "weight": 0.6}, {"shards": b, "weight": 0.4}]
     kw = {"num_workers": 2, "batch_size": 10, "train_num_samples": 120, "holdout": {"fraction": 0.25, "seed": 1}}
 
-    def run(stop=None, state=None):
-        dm = _dm(spec, **kw)
-        loader = dm.train_dataloader()
-        if state is not None:
-            dm.load_loader_state(state)
-        got = []
-        for _ in range(2):
-            for batch in loader:
-                batch = dm.on_before_batch_transfer(batch, 0)
-                got.append((batch["caption"], batch["image"]))
-                if stop is not None and len(got) == stop:
-                    return got, dm.loader_state(), dm
-        return got, None, dm
-
-    full, _, whole = run()
+    full, whole, states = assert_resumes_exactly(spec, kw, stops=(5, 12))
     assert len(full) == 24 and whole.stats["heldout"] > 0
-    for stop in (5, 12):
-        head, state, _ = run(stop=stop)
-        assert state["holdout"] == {"fraction": 0.25, "seed": 1}
-        tail, _, resumed = run(stop=len(full) - stop, state=state)
-        got = head + tail
-        assert [c for c, _ in got] == [c for c, _ in full]
-        assert all(torch.equal(x, y) for (_, x), (_, y) in zip(got, full))
-        assert resumed.stats == whole.stats  # the held-out count carried over too
+    assert all(state["holdout"] == {"fraction": 0.25, "seed": 1} for state in states)
 
 
 def test_a_checkpoint_with_another_hold_out_restarts_at_the_next_epoch(tmp_path):
-    a = _source(tmp_path, "a", 2, 20)
-    dm = _dm(a, batch_size=10, holdout=0.1)
-    _collect(dm, n=1)
+    a = source(tmp_path, "a", 2, 20)
+    dm = datamodule(a, batch_size=10, holdout=0.1)
+    collect(dm, n=1)
     state = dm.loader_state()
-    for other in (_dm(a, batch_size=10, holdout={"fraction": 0.1, "seed": 1}), _dm(a, batch_size=10)):
+    for other in (datamodule(a, batch_size=10, holdout={"fraction": 0.1, "seed": 1}), datamodule(a, batch_size=10)):
         other.train_dataloader()
         with pytest.warns(UserWarning, match=r"cannot resume exactly: the checkpoint held out \{'fraction': 0.1"):
             other.load_loader_state(state)
@@ -114,13 +92,13 @@ def test_a_checkpoint_with_another_hold_out_restarts_at_the_next_epoch(tmp_path)
 
 
 def test_val_shards_are_the_validation_set_and_leave_training_alone(tmp_path):
-    a, v = _source(tmp_path, "a", 2, 20), _source(tmp_path, "v", 1, 7)
-    plain = [c for b in _collect(_dm(a, batch_size=10)) for c in b["caption"]]
-    dm = _dm(a, batch_size=10, val_shards=v, caption_key="tags", caption_templates=["a {}"])
-    assert [c for b in _collect(_dm(a, batch_size=10, val_shards=v)) for c in b["caption"]] == plain
+    a, v = source(tmp_path, "a", 2, 20), source(tmp_path, "v", 1, 7)
+    plain = [c for b in collect(datamodule(a, batch_size=10)) for c in b["caption"]]
+    dm = datamodule(a, batch_size=10, val_shards=v, caption_key="tags", caption_templates=["a {}"])
+    assert [c for b in collect(datamodule(a, batch_size=10, val_shards=v)) for c in b["caption"]] == plain
     val = dm.validation_set()
     assert val.holdout is None and len(val.shards) == 1 and val.captions == ["tags"] and val.templates == ["a {}"]
-    assert _dm(a).validation_set() is None
+    assert datamodule(a).validation_set() is None
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -135,11 +113,11 @@ def test_val_shards_are_the_validation_set_and_leave_training_alone(tmp_path):
     ({"holdout": 0.1, "val_shards": "{a}"}, r"^give data.holdout or data.val_shards as the validation set, not both$"),
 ])
 def test_a_bad_validation_setting_is_a_one_line_error(tmp_path, kw, message):
-    a = _source(tmp_path, "a", 1, 2)
+    a = source(tmp_path, "a", 1, 2)
     kw = {k: v.replace("{a}", a).replace("{missing}", str(tmp_path / "missing")) if isinstance(v, str) else v
           for k, v in kw.items()}
     with pytest.raises(VLPError, match=message) as info:
-        _dm(a, **kw)
+        datamodule(a, **kw)
     assert "\n" not in str(info.value)
 
 

@@ -1,49 +1,14 @@
 """Mixed training sources (vlp.data.sources): proportions, the epoch, reproducibility, exact
 resume, per-source counts, clear errors for bad source specs."""
 
-import io
-import json
 import re
 from collections import Counter
 
 import pytest
 import torch
-from PIL import Image
 
-from vlp.data.datamodule import VLPDataModule
-from vlp.data.shard_writer import write_shard
+from tests.data.streams import assert_resumes_exactly, collect, datamodule, source
 from vlp.errors import VLPError
-
-
-def _png(i: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (12, 12), (i % 256, (7 * i) % 256, 50)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _source(folder, prefix: str, shards: int, per_shard: int) -> str:
-    """``shards`` shards of ``per_shard`` samples captioned ``PREFIX N``, with json tags."""
-    for s in range(shards):
-        write_shard(folder / prefix / f"{s:03d}.tar", [
-            (f"{prefix}{i:05d}", {"png": _png(i), "txt": f"{prefix} {i}".encode(),
-                                  "json": json.dumps({"tags": [f"{prefix} {i} x", f"{prefix} {i} y"]}).encode()})
-            for i in range(s * per_shard, (s + 1) * per_shard)])
-    return str(folder / prefix / "*.tar")
-
-
-def _dm(train_shards, **kw):
-    args = {"batch_size": 20, "num_workers": 0, "image_size": 16, "context_length": 8, "seed": 1, "shuffle_buffer": 50}
-    return VLPDataModule(train_shards=train_shards, **{**args, **kw})
-
-
-def _collect(dm, loader=None, n=None):
-    """Batches as Lightning sees them (through on_before_batch_transfer)."""
-    out = []
-    for batch in loader if loader is not None else dm.train_dataloader():
-        out.append(dm.on_before_batch_transfer(batch, 0))
-        if n is not None and len(out) == n:
-            break
-    return out
 
 
 def _prefixes(batches) -> Counter:
@@ -51,9 +16,9 @@ def _prefixes(batches) -> Counter:
 
 
 def test_a_mix_draws_in_proportion_to_the_weights_and_counts_each_source(tmp_path):
-    a, b = _source(tmp_path, "a", 4, 50), _source(tmp_path, "b", 2, 50)
-    dm = _dm([{"shards": a, "weight": 0.8}, {"shards": b, "weight": 0.2}], train_num_samples=1000)
-    batches = _collect(dm)
+    a, b = source(tmp_path, "a", 4, 50), source(tmp_path, "b", 2, 50)
+    dm = datamodule([{"shards": a, "weight": 0.8}, {"shards": b, "weight": 0.2}], train_num_samples=1000)
+    batches = collect(dm)
     assert len(batches) == 50
     drawn = _prefixes(batches)
     assert abs(drawn["a"] / 1000 - 0.8) < 0.04, drawn  # 3 binomial standard deviations
@@ -66,24 +31,24 @@ def test_a_mix_draws_in_proportion_to_the_weights_and_counts_each_source(tmp_pat
 
 
 def test_the_epoch_of_a_mix_is_the_sum_of_size_times_repeat(tmp_path):
-    a, b = _source(tmp_path, "a", 4, 50), _source(tmp_path, "b", 2, 50)
+    a, b = source(tmp_path, "a", 4, 50), source(tmp_path, "b", 2, 50)
     # without weights the shares follow size x repeat: 200 x 1 and 100 x 2, half and half
-    dm = _dm([a, {"shards": b, "repeat": 2}])
+    dm = datamodule([a, {"shards": b, "repeat": 2}])
     assert dm.epoch_batches() == 400 // 20 and dm._mix()[0].share == pytest.approx(0.5)
-    drawn = _prefixes(_collect(dm))
+    drawn = _prefixes(collect(dm))
     assert sum(drawn.values()) == 400 and abs(drawn["a"] / 400 - 0.5) < 0.08, drawn
     # with weights the epoch stays sum(size x repeat); `samples` stands in for counting
-    dm = _dm([{"shards": a, "weight": 1, "samples": 1000}, {"shards": b, "weight": 3}])
+    dm = datamodule([{"shards": a, "weight": 1, "samples": 1000}, {"shards": b, "weight": 3}])
     assert dm.epoch_batches() == 1100 // 20 and dm._mix()[1].share == pytest.approx(0.75)
-    assert _dm([a, b], train_num_samples=60).epoch_batches() == 3  # the explicit epoch wins
+    assert datamodule([a, b], train_num_samples=60).epoch_batches() == 3  # the explicit epoch wins
 
 
 def test_a_mix_follows_the_seed_and_differs_between_epochs(tmp_path):
-    a, b = _source(tmp_path, "a", 2, 40), _source(tmp_path, "b", 2, 40)
+    a, b = source(tmp_path, "a", 2, 40), source(tmp_path, "b", 2, 40)
     spec = [{"shards": a, "weight": 0.5}, {"shards": b, "weight": 0.5}]
 
     def epochs(seed, n=2):
-        loader = _dm(spec, seed=seed, train_num_samples=80).train_dataloader()
+        loader = datamodule(spec, seed=seed, train_num_samples=80).train_dataloader()
         return [[c for bt in loader for c in bt["caption"]] for _ in range(n)]
 
     first, second = epochs(3)
@@ -94,54 +59,33 @@ def test_a_mix_follows_the_seed_and_differs_between_epochs(tmp_path):
 
 
 def test_a_list_of_one_source_is_the_plain_stream(tmp_path):
-    a = _source(tmp_path, "a", 2, 40)
-    plain = [c for bt in _dm(a).train_dataloader() for c in bt["caption"]]
-    assert [c for bt in _dm([a]).train_dataloader() for c in bt["caption"]] == plain
-    assert [c for bt in _dm([{"shards": a, "weight": 2.0}]).train_dataloader() for c in bt["caption"]] == plain
+    a = source(tmp_path, "a", 2, 40)
+    plain = [c for bt in datamodule(a).train_dataloader() for c in bt["caption"]]
+    assert [c for bt in datamodule([a]).train_dataloader() for c in bt["caption"]] == plain
+    assert [c for bt in datamodule([{"shards": a, "weight": 2.0}]).train_dataloader() for c in bt["caption"]] == plain
 
 
 def test_a_mixed_stream_resumes_exactly_with_drawn_captions_and_templates(tmp_path):
     """In-process resume (as a checkpoint does it: loader_state -> load_loader_state), with data
     workers, mid-epoch and at an epoch boundary; captions drawn from a json list and templated."""
-    a, b = _source(tmp_path, "a", 4, 30), _source(tmp_path, "b", 2, 30)
+    a, b = source(tmp_path, "a", 4, 30), source(tmp_path, "b", 2, 30)
     spec = [{"shards": a, "weight": 0.6, "name": "big"}, {"shards": b, "weight": 0.4}]
     kw = {"num_workers": 2, "batch_size": 10, "train_num_samples": 120, "caption_key": "tags",
           "caption_templates": ["a photo of {}", "{} again"]}
 
-    def run(stop=None, state=None):
-        dm = _dm(spec, **kw)
-        loader = dm.train_dataloader()
-        if state is not None:
-            dm.load_loader_state(state)
-        got = []
-        for _ in range(2):
-            for batch in loader:
-                batch = dm.on_before_batch_transfer(batch, 0)
-                got.append((batch["caption"], batch["image"]))
-                if stop is not None and len(got) == stop:
-                    return got, dm.loader_state(), dm
-        return got, None, dm
-
-    full, _, whole = run()
+    full, whole, states = assert_resumes_exactly(spec, kw, stops=(5, 12))  # mid-epoch, end of epoch 0
     assert len(full) == 24
-    for stop in (5, 12):  # mid-epoch (worker 1's turn next), and the end of epoch 0
-        head, state, _ = run(stop=stop)
-        assert state["mix"] == [["big", 4, 0.6], ["b", 2, 0.4]]
-        tail, _, resumed = run(stop=len(full) - stop, state=state)
-        got = head + tail
-        assert [c for c, _ in got] == [c for c, _ in full]
-        assert all(torch.equal(x, y) for (_, x), (_, y) in zip(got, full))
-        assert resumed.stats == whole.stats  # the counts carried over (per source too)
+    assert all(state["mix"] == [["big", 4, 0.6], ["b", 2, 0.4]] for state in states)
     captions = [c for cs, _ in full for c in cs]
     assert all(re.fullmatch(r"(a photo of [ab] \d+ [xy])|([ab] \d+ [xy] again)", c) for c in captions), captions[:5]
 
 
 def test_a_checkpoint_of_another_mix_restarts_at_the_next_epoch(tmp_path):
-    a, b = _source(tmp_path, "a", 2, 20), _source(tmp_path, "b", 2, 20)
-    dm = _dm([{"shards": a, "weight": 0.5}, {"shards": b, "weight": 0.5}], batch_size=10, train_num_samples=40)
-    _collect(dm, n=1)
+    a, b = source(tmp_path, "a", 2, 20), source(tmp_path, "b", 2, 20)
+    dm = datamodule([{"shards": a, "weight": 0.5}, {"shards": b, "weight": 0.5}], batch_size=10, train_num_samples=40)
+    collect(dm, n=1)
     state = dm.loader_state()
-    other = _dm([{"shards": a, "weight": 0.9}, {"shards": b, "weight": 0.1}], batch_size=10, train_num_samples=40)
+    other = datamodule([{"shards": a, "weight": 0.9}, {"shards": b, "weight": 0.1}], batch_size=10, train_num_samples=40)
     other.train_dataloader()
     with pytest.warns(UserWarning, match=r"cannot resume exactly: the checkpoint read the sources \[\['a', 2, 0.5\]"):
         other.load_loader_state(state)
@@ -149,8 +93,8 @@ def test_a_checkpoint_of_another_mix_restarts_at_the_next_epoch(tmp_path):
 
 
 def test_workers_are_lowered_to_the_source_with_the_fewest_shards(tmp_path):
-    a, b = _source(tmp_path, "a", 4, 20), _source(tmp_path, "b", 1, 20)
-    dm = _dm([a, b], num_workers=2, batch_size=10)
+    a, b = source(tmp_path, "a", 4, 20), source(tmp_path, "b", 1, 20)
+    dm = datamodule([a, b], num_workers=2, batch_size=10)
     with pytest.warns(UserWarning, match="data.num_workers 2 lowered to 1: source b: 1 shards give each of 1 ranks 1"):
         assert dm.train_dataloader().num_workers == 1
     dm._world_size = lambda: 2
@@ -175,11 +119,11 @@ def test_workers_are_lowered_to_the_source_with_the_fewest_shards(tmp_path):
     ([], r"^data.train_shards must be a shard spec or a non-empty list of sources"),
 ])
 def test_a_bad_source_spec_is_a_clear_error_naming_it(tmp_path, spec, message):
-    a = _source(tmp_path, "a", 1, 2)
+    a = source(tmp_path, "a", 1, 2)
     spec = [{k: v.replace("{a}", a).replace("{missing}", str(tmp_path / "missing")) if isinstance(v, str) else v
              for k, v in item.items()} if isinstance(item, dict) else item.replace("{a}", a) for item in spec]
     with pytest.raises(VLPError, match=message):
-        _dm(spec)
+        datamodule(spec)
 
 
 def test_the_readme_mix_builds_and_the_cli_takes_sources_and_filters():
@@ -193,7 +137,7 @@ def test_the_readme_mix_builds_and_the_cli_takes_sources_and_filters():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.DOTALL) if "train_shards:\n    - {" in b)
     data = yaml.safe_load(block)["data"]
-    dm = _dm(data["train_shards"], batch_size=32)
+    dm = datamodule(data["train_shards"], batch_size=32)
     assert [p.name for p in dm._mix()] == ["google", "twemoji"] and dm.epoch_batches() == 2 * 1521 // 32
     mix = "[{shards: 'builtin:emoji/google/train-*.tar', weight: 0.7}, 'builtin:emoji/twitter/train-*.tar']"
     with pytest.raises(VLPError, match=r"^give a weight for every source or for none; missing: "
