@@ -25,6 +25,7 @@ import time
 import torch
 
 from report import append_result
+from timing import train_step_seconds
 
 
 def stream_rate(recipe: str, workers: int, batches: int, extra: list[str]) -> float:
@@ -59,15 +60,7 @@ def model_rate(recipe: str, steps: int, extra: list[str]) -> float:
     model.log = lambda *a, **k: None
     batch = data.on_before_batch_transfer(next(iter(data.train_dataloader())), 0)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-    times = []
-    for i in range(steps + 3):
-        start = time.perf_counter()
-        loss = model.training_step(batch, i)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if i >= 3:
-            times.append(time.perf_counter() - start)
+    times = [train_step_seconds(model, batch, opt, "cpu") for _ in range(steps + 3)][3:]  # 3 warm-up steps
     return batch["image"].shape[0] / statistics.median(times)
 
 
