@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from report import append_result
+from report import append_result, section_lines
 
 from vlp.recipes import load_recipe
 
@@ -205,14 +205,7 @@ def main() -> None:
                + (f" --languages {args.languages}" if args.languages else "")
                + (f" --name {args.name}" if args.name != "compare_recipes" else "")
                + (" " + " ".join(extra) if extra else ""))
-    lines = [
-        f"\n## {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores ({platform.machine()}), {limit} per recipe",
-        "",
-        f"`{command}`",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
+    lines = section_lines(f"{os.cpu_count()} CPU cores ({platform.machine()}), {limit} per recipe", command, head)
     for r in rows:
         cells = [r["recipe"], str(r["epochs"] or "-"), str(r["steps"]), f"{r['wall_s']:.0f}", f"{r['train_s']:.0f}",
                  f"{r['samples_per_s']:.1f}", f"{r['train_samples_per_s']:.1f}",

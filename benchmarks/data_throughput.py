@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from report import append_result
+from report import append_result, section_lines
 from timing import train_step_seconds
 
 
@@ -80,10 +80,9 @@ def main() -> None:
         supply[w] = stream_rate(recipes[0], w, args.batches, extra)
         print(f"stream ({recipes[0]}'s data settings), {w} workers: {supply[w]:.1f} samples/s", flush=True)
     command = "python benchmarks/data_throughput.py " + " ".join(sys.argv[1:])
-    lines = [f"\n## {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores ({platform.machine()}), "
-             f"torch {torch.__version__}, threads {torch.get_num_threads()}", "", f"`{command}`", "",
-             "| workers | stream samples/s | " + " | ".join(f"x {r}'s consumption" for r in recipes) + " |",
-             "|---|---|" + "---|" * len(recipes)]
+    lines = section_lines(f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}, "
+                          f"threads {torch.get_num_threads()}", command,
+                          ["workers", "stream samples/s", *(f"x {r}'s consumption" for r in recipes)])
     for w, v in supply.items():
         lines.append(f"| {w} | {v:.1f} | " + " | ".join(f"{v / consume[r]:.2f}" for r in recipes) + " |")
     lines += ["", "Consumption (training step alone, one fixed batch): "

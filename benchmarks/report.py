@@ -6,6 +6,7 @@ The scripts here are run as ``python benchmarks/X.py``, so this folder is on ``s
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -25,3 +26,10 @@ def append_to(out: Path, header: str, text: str) -> Path:
 def append_result(name: str, header: str, text: str) -> Path:
     """Append ``text`` to benchmarks/results/``name``.md, created with ``header`` if missing."""
     return append_to(RESULTS / f"{name}.md", header, text)
+
+
+def section_lines(title: str, command: str, columns: list[str], note: str = "") -> list[str]:
+    """The lines that open a results section: ``## <date>, <title>``, the command (`` - note``
+    after it when given) and the head of a table with ``columns``."""
+    return [f"\n## {time.strftime('%Y-%m-%d')}, {title}", "", f"`{command}`" + (f" - {note}" if note else ""), "",
+            "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

@@ -8,6 +8,7 @@ import time
 from typing import Callable, Hashable, Iterable, TypeVar
 
 import torch
+from report import section_lines
 
 K = TypeVar("K", bound=Hashable)
 
@@ -43,12 +44,5 @@ def alternating_medians(keys: Iterable[K], step: Callable[[K], float], warmup: i
 def section_head(device: str, machine: str, command: str, note: str, columns: list[str]) -> list[str]:
     """The lines that open a results section: date, device, machine, torch version and threads;
     the command and ``note``; the table's head for ``columns``."""
-    return [
-        f"\n## {time.strftime('%Y-%m-%d')}, {device}, {machine}, torch {torch.__version__}, "
-        f"threads {torch.get_num_threads()}",
-        "",
-        f"`{command}` - {note}",
-        "",
-        "| " + " | ".join(columns) + " |",
-        "|" + "---|" * len(columns),
-    ]
+    return section_lines(f"{device}, {machine}, torch {torch.__version__}, threads {torch.get_num_threads()}",
+                         command, columns, note)
