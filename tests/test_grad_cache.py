@@ -227,3 +227,17 @@ def test_fit_under_ddp_with_the_cache_gives_the_plain_ddp_losses(tmp_path):
     for step in plain:  # chunks of 3 of each rank's 8: the same sums in another order
         assert abs(plain[step] - cache[step]) <= 1e-5 * abs(plain[step]), (step, plain[step], cache[step])
     assert len(set(plain.values())) == 4  # the model moved
+
+
+def test_cache_skips_a_tower_without_trainable_parameters():
+    """LiT with ``lock: true, head: keep``: the image tower's outputs need no gradient. The
+    second pass must not back-propagate into them (torch refused: "element 0 of tensors does
+    not require grad"), and the text tower still gets the full-batch gradients."""
+    batch = batch_of(12)
+    plain, cache = tiny(), tiny()
+    for module in (plain, cache):
+        module.towers.image.requires_grad_(False)
+    plain.objective_loss(plain(batch), batch).backward()
+    expected = {k: p.grad.clone() for k, p in plain.named_parameters() if p.grad is not None}
+    assert not any(k.startswith("towers.image.") for k in expected)
+    assert_same(cached(cache, batch, 5), expected)

@@ -215,8 +215,11 @@ class GradCacheStep(PlainStep):
                     tensors, grads = [], []
                     for name, parts in leaves.items():
                         for p, leaf in parts.items():
-                            if leaf.grad is not None:
-                                tensors.append(getattr(out[name], p))
+                            tensor = getattr(out[name], p)
+                            # a tower with nothing to train (LiT, locked with its head) has
+                            # outputs without a graph: nothing to back-propagate into
+                            if leaf.grad is not None and tensor.requires_grad:
+                                tensors.append(tensor)
                                 grads.append(leaf.grad[c])
                     if tensors:
                         torch.autograd.backward(tensors, grads)

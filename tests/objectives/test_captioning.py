@@ -105,3 +105,48 @@ def test_the_objective_needs_towers_that_report_their_shapes():
                                     causal=False)
     with pytest.raises(VLPError, match="needs a causal text tower"):
         CaptioningLoss().attach({"image": torch.nn.Linear(2, 2), "text": bidirectional})
+
+
+def _two_ranks(rank, world, init_file, out_dir):
+    import torch.distributed as dist
+
+    from vlp.objectives.captioning import global_caption_loss
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        states, weight, labels = _few_tokens()
+        loss = global_caption_loss(states[rank : rank + 1] @ weight, labels[rank : rank + 1], PAD)
+        loss.backward()
+        grad = weight.grad.clone()
+        dist.all_reduce(grad)
+        grad /= world  # what DDP does with the ranks' gradients of a shared parameter
+        torch.save({"loss": loss.detach(), "grad": grad}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _few_tokens():
+    """Decoder states, a shared output layer and the labels of two captions whose only real
+    label is on the first row: the second rank's share has none."""
+    g = torch.Generator().manual_seed(4)
+    states = torch.randn(2, 3, 6, generator=g)
+    weight = torch.randn(6, 11, generator=g, requires_grad=True)
+    labels = torch.tensor([[5, PAD, PAD], [PAD, PAD, PAD]])
+    return states, weight, labels
+
+
+def test_two_ranks_with_one_real_token_give_the_one_process_loss_and_gradient(tmp_path):
+    """The divisor clamps the global count: rank 0 holds the batch's only token, so the ranks
+    divide by 1 / 2 (and the averaged gradient is the one-process one); clamping each rank's
+    share at 1 would halve it. Every rank reports the whole batch's mean."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_two_ranks, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    states, weight, labels = _few_tokens()
+    whole = caption_loss(states @ weight, labels, PAD)
+    whole.backward()
+    assert weight.grad.abs().sum() > 0
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert torch.allclose(got["loss"], whole.detach())
+        assert torch.allclose(got["grad"], weight.grad, atol=1e-7)

@@ -20,13 +20,36 @@ def caption_loss(logits: torch.Tensor, labels: torch.Tensor, pad_id: int, label_
 
     ``logits [B, T, V]`` predict ``labels [B, T]``; positions whose label is the pad id add
     nothing (padding is not a token to learn: neither its logits nor its gradients count).
-    ``total_tokens``: the divisor (the real labels of the whole batch across ranks); None =
-    this batch's real labels, i.e. open_clip's ``CrossEntropyLoss(ignore_index=pad_id)``.
+    ``total_tokens``: the divisor as given (see ``global_caption_loss``); None = this batch's
+    real labels (at least 1), i.e. open_clip's ``CrossEntropyLoss(ignore_index=pad_id)``.
     """
     summed = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=pad_id,
                              label_smoothing=label_smoothing, reduction="sum")
-    count = (labels != pad_id).sum() if total_tokens is None else total_tokens
-    return summed / count.clamp(min=1)
+    count = (labels != pad_id).sum().clamp(min=1) if total_tokens is None else total_tokens
+    return summed / count
+
+
+def global_caption_loss(logits: torch.Tensor, labels: torch.Tensor, pad_id: int,
+                        label_smoothing: float = 0.0) -> torch.Tensor:
+    """``caption_loss`` over the real tokens of the whole batch, on every rank alike.
+
+    Each rank divides its sum by ``max(global real tokens, 1) / world``: the strategy's average
+    of the ranks' gradients is then the one-process gradient on the whole batch (clamping the
+    global count, not a rank's share of it: a rank that holds the batch's only token must not
+    be divided by 1 where one process divides by 1 / world of it). The value returned is the
+    global mean on every rank (the sum is all-reduced without gradient), so what is logged is
+    the whole batch's loss, not a rank's share scaled by the world size. One process: the plain
+    mean.
+    """
+    _, world = rank_and_world()
+    if world == 1:
+        return caption_loss(logits, labels, pad_id, label_smoothing)
+    summed = caption_loss(logits, labels, pad_id, label_smoothing, total_tokens=torch.ones((), device=logits.device))
+    totals = torch.stack([(labels != pad_id).sum().to(summed.dtype), summed.detach()])
+    dist.all_reduce(totals)  # [global real tokens, global summed loss]
+    count = totals[0].clamp(min=1)
+    local = summed / (count / world)
+    return local + (totals[1] / count - local).detach()  # the global mean's value, the local form's gradient
 
 
 class CaptioningLoss(Objective):
@@ -38,8 +61,8 @@ class CaptioningLoss(Objective):
     position ``t`` predict the caption's token ``t + 1`` (teacher forcing, as open_clip's CoCa:
     ``labels = text[:, 1:]``). The loss is the mean cross-entropy over the labels that are not
     the text spec's pad id. Across ranks it is the mean over the tokens of the whole batch
-    (each rank divides its sum by the global token count times the world size, so that the
-    strategy's gradient average is the one-process gradient).
+    (``global_caption_loss``: the strategy's gradient average is the one-process gradient, and
+    the value logged is the whole batch's mean).
 
     Reads ``image.tokens`` (with ``image.token_mask``) and ``text.tokens``, and the batch field
     ``text`` (the ids, for the labels). CoCa's total is ``contrastive + 2 * captioning``
@@ -115,14 +138,7 @@ class CaptioningLoss(Objective):
         logits = self.decoder(text.tokens[:, :-1], image.tokens, image.token_mask)
         labels = ids[:, 1:]
         real = labels != self.pad_id
-        count = real.sum()
-        _, world = rank_and_world()
-        total = None
-        if world > 1:  # the mean over the global batch's tokens (see the class docstring)
-            total = count.detach().clone()
-            dist.all_reduce(total)
-            total = total.float() / world
-        loss = caption_loss(logits, labels, self.pad_id, self.label_smoothing, total)
+        loss = global_caption_loss(logits, labels, self.pad_id, self.label_smoothing)
         with torch.no_grad():
-            acc = ((logits.argmax(-1) == labels) & real).sum() / count.clamp(min=1)
+            acc = ((logits.argmax(-1) == labels) & real).sum() / real.sum().clamp(min=1)
         return loss, {"token_acc": acc}
