@@ -88,12 +88,12 @@ def test_cache_replays_dropout_drop_path_and_flip_masks():
     step = GradCacheStep(4)
     import vlp.step as step_module
 
-    real = step_module._set_rng_state
-    step_module._set_rng_state = lambda state: None
+    real = step_module.set_rng_states
+    step_module.set_rng_states = lambda state: None
     try:
         step.gradients(other, batch)
     finally:
-        step_module._set_rng_state = real
+        step_module.set_rng_states = real
     drift = max((p.grad - got[k]).abs().max() for k, p in other.named_parameters() if p.grad is not None)
     assert drift > 1e-3
 

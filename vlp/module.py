@@ -4,40 +4,20 @@ from __future__ import annotations
 
 import inspect
 import math
-import random
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import nn
 
+from vlp.distributed import gather_objects, rng_states, set_rng_states
 from vlp.errors import VLPError
 from vlp.objectives.base import Objective
 from vlp.optim import OptimConfig, build_optimizer
 from vlp.step import PlainStep, TrainStep
 from vlp.strategies import DeepSpeedStrategy  # noqa: F401 - registers the vlp_deepspeed_* strategy names
+from vlp.strategies import replicates_parameters
 from vlp.towers.output import TowerOutput
-
-
-def rng_states() -> dict:
-    """The process's RNG states in types that ``torch.load(weights_only=True)`` accepts."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
-              "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    random.setstate(states["python"])
-    name, keys, pos, has_gauss, gauss = states["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class VLPModule(LightningModule):
@@ -110,11 +90,12 @@ class VLPModule(LightningModule):
         self._pooled_kw = {name: _takes_tokens_flag(tower) for name, tower in self.towers.items()}
         self.optim = optim or OptimConfig()
         self.recipe: str | None = None  # set by `vlp fit --recipe`, kept in checkpoints
-        self.nonfinite_skipped = 0
-        self._nonfinite_in_row = 0
-        self._nonfinite_this_step = False
         self._step_rng: tuple[int, dict] | None = None  # (step, RNG states as that step began)
-        self._engine_skipped = 0  # DeepSpeed: the engine's count of skipped steps seen so far
+
+    @property
+    def nonfinite_skipped(self) -> int:
+        """Steps skipped so far for a loss or gradients that were not finite (vlp.step)."""
+        return self.step.nonfinite.skipped
 
     def batch_fields(self) -> set[str]:
         """The batch fields the objectives need (the towers' inputs and their own fields)."""
@@ -126,18 +107,14 @@ class VLPModule(LightningModule):
         states = rng_states()
         if self._step_rng is not None and self._trainer is not None and self._step_rng[0] == self.trainer.global_step:
             states = self._step_rng[1]  # saved before this step completed (after an error): its start
-        if self._trainer is not None and self.trainer.world_size > 1 and torch.distributed.is_initialized():
-            gathered: list = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, states)
-        else:
-            gathered = [states]
+        gathered = gather_objects(states)
         checkpoint["vlp"] = {"recipe": self.recipe, "rng": gathered, "nonfinite_skipped": self.nonfinite_skipped}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         upgrade_checkpoint(checkpoint)
         saved = checkpoint.get("vlp") or {}
         self.recipe = saved.get("recipe", self.recipe)
-        self.nonfinite_skipped = saved.get("nonfinite_skipped", 0)
+        self.step.nonfinite.skipped = saved.get("nonfinite_skipped", 0)
         rng = saved.get("rng")
         if rng:
             rank = self.trainer.global_rank if self._trainer is not None else 0
@@ -146,16 +123,10 @@ class VLPModule(LightningModule):
 
     def setup(self, stage: str) -> None:
         # One sample of the data's shapes: Lightning's model summary counts the FLOPs of its
-        # forward (towers, eval mode) as "Total FLOPs".
-        from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
-        from lightning.pytorch.strategies import DeepSpeedStrategy as AnyDeepSpeed
-
+        # forward (towers, eval mode) as "Total FLOPs". The summary runs that forward on rank 0
+        # alone: not with sharded parameters (FSDP2, DeepSpeed), whose forward is a collective.
         example = getattr(self.trainer.datamodule, "example_batch", None)
-        # the summary runs that forward on rank 0 alone: not with sharded parameters (FSDP2,
-        # DeepSpeed), whose forward is a collective
-        strategy = self.trainer.strategy
-        replicated = isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) and not isinstance(strategy, AnyDeepSpeed)
-        if self.example_input_array is None and callable(example) and replicated:
+        if self.example_input_array is None and callable(example) and replicates_parameters(self.trainer.strategy):
             fields = {self.inputs[name] for name in self.reads}
             sample = {k: v for k, v in example().items() if k in fields}
             if set(sample) == fields:
@@ -207,61 +178,20 @@ class VLPModule(LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         return self.step(self, batch, batch_idx)
 
-    # ---- non-finite steps (skipped by the step object, counted here)
-
-    def scaler_skips_nonfinite(self) -> bool:
-        """16-mixed precision: the gradient scaler skips non-finite steps itself."""
-        return self._trainer is not None and str(self.trainer.precision).startswith("16")
-
-    def grads_on_parameters(self) -> bool:
-        """Whether the strategy keeps gradients on the parameters (not DeepSpeed, which holds
-        them in its own buffers)."""
-        return self._trainer is None or "deepspeed" not in type(self.trainer.strategy).__name__.lower()
-
-    def count_nonfinite(self) -> None:
-        if self._nonfinite_this_step:
-            return
-        self._nonfinite_this_step = True
-        self._nonfinite_in_row += 1
-        self.nonfinite_skipped += 1
-        limit = self.optim.max_nonfinite_in_row
-        if self._nonfinite_in_row > limit:
-            step = self.trainer.global_step if self._trainer is not None else "?"
-            raise VLPError(
-                f"the loss or gradients were not finite for {self._nonfinite_in_row} steps in a row (step {step}; "
-                f"model.optim.max_nonfinite_in_row is {limit}): lower model.optim.lr, raise warmup_steps, "
-                "or check the data"
-            )
+    # ---- the step object's hooks (vlp.step: the non-finite guard lives there)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         self.step.before_optimizer_step(self)
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
         self._step_rng = (self.trainer.global_step, rng_states())
-        self._nonfinite_this_step = False
+        self.step.nonfinite.batch_start()
 
     def on_train_start(self) -> None:
-        # DeepSpeed: a resumed engine brings back the skips of the run before (counted in
-        # nonfinite_skipped, restored from vlp's state): only those from here on are new
-        skipped = getattr(getattr(self.trainer.strategy, "model", None), "skipped_steps", None)
-        self._engine_skipped = skipped if isinstance(skipped, int) else 0
-
-    def count_engine_skips(self) -> None:
-        """DeepSpeed: a step that its ZeRO optimiser skipped (gradient norm not finite) counts as
-        non-finite (a 16-mixed loss scaler's skips do not, as under the other strategies)."""
-        if self._trainer is None or self.grads_on_parameters() or self.scaler_skips_nonfinite():
-            return
-        skipped = getattr(getattr(self.trainer.strategy, "model", None), "skipped_steps", None)
-        if not isinstance(skipped, int):
-            return
-        if skipped > self._engine_skipped:
-            self.count_nonfinite()
-        self._engine_skipped = skipped
+        self.step.nonfinite.train_start(self)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        self.count_engine_skips()
-        if not self._nonfinite_this_step:
-            self._nonfinite_in_row = 0
+        self.step.nonfinite.batch_end(self)
         metrics = {"train/nonfinite_skipped": float(self.nonfinite_skipped)} if self.nonfinite_skipped else {}
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if hasattr(datamodule, "data_metrics"):

@@ -12,18 +12,90 @@ from contextlib import contextmanager
 
 import torch
 
+from vlp.distributed import rng_states, set_rng_states
 from vlp.errors import VLPError
+from vlp.strategies import engine_skipped_steps, gradients_on_parameters
 from vlp.towers.output import TowerOutput
+
+TORCH_RNG = ("torch", "cuda")  # what a chunk's forward draws from (dropout, FLIP masks, drop path)
+
+
+class NonFiniteGuard:
+    """The bookkeeping of non-finite steps: how many were skipped in all (``skipped``, kept in
+    checkpoints) and in a row (more than ``model.optim.max_nonfinite_in_row`` stop the run).
+    A step counts once however many of its checks fail. DeepSpeed skips such steps in its ZeRO
+    optimiser itself: its engine's count is read after every batch (``batch_end``)."""
+
+    def __init__(self):
+        self.skipped = 0
+        self.in_row = 0
+        self.this_step = False
+        self.engine_skipped = 0  # DeepSpeed: the engine's count of skipped steps seen so far
+
+    def count(self, module) -> None:
+        """This step was not finite: count it (once), stop after too many in a row."""
+        if self.this_step:
+            return
+        self.this_step = True
+        self.in_row += 1
+        self.skipped += 1
+        limit = module.optim.max_nonfinite_in_row
+        if self.in_row > limit:
+            step = module.trainer.global_step if module._trainer is not None else "?"
+            raise VLPError(
+                f"the loss or gradients were not finite for {self.in_row} steps in a row (step {step}; "
+                f"model.optim.max_nonfinite_in_row is {limit}): lower model.optim.lr, raise warmup_steps, "
+                "or check the data"
+            )
+
+    def train_start(self, module) -> None:
+        # DeepSpeed: a resumed engine brings back the skips of the run before (counted in
+        # ``skipped``, restored from vlp's state): only those from here on are new
+        skipped = engine_skipped_steps(module.trainer.strategy) if module._trainer is not None else None
+        self.engine_skipped = skipped or 0
+
+    def batch_start(self) -> None:
+        self.this_step = False
+
+    def batch_end(self, module) -> None:
+        """DeepSpeed: a step that its ZeRO optimiser skipped counts as non-finite (a 16-mixed
+        loss scaler's skips do not, as under the other strategies); a finite step ends a row."""
+        if module._trainer is not None and not scaler_skips_nonfinite(module):
+            skipped = engine_skipped_steps(module.trainer.strategy)
+            if skipped is not None:
+                if skipped > self.engine_skipped:
+                    self.count(module)
+                self.engine_skipped = skipped
+        if not self.this_step:
+            self.in_row = 0
+
+
+def scaler_skips_nonfinite(module) -> bool:
+    """16-mixed precision: the gradient scaler skips non-finite steps itself."""
+    return module._trainer is not None and str(module.trainer.precision).startswith("16")
+
+
+def _grads_on_parameters(module) -> bool:
+    return module._trainer is None or gradients_on_parameters(module.trainer.strategy)
 
 
 class TrainStep:
     """Base class: ``__call__(module, batch, batch_idx)`` returns the loss for Lightning's
-    backward (``automatic = True``), or None to skip the batch (no backward, no update)."""
+    backward (``automatic = True``), or None to skip the batch (no backward, no update).
+    ``nonfinite`` counts the steps skipped for a loss or gradients that were not finite."""
 
     automatic: bool = True
 
     def __call__(self, module, batch: dict, batch_idx: int) -> torch.Tensor | None:
         raise NotImplementedError
+
+    @property
+    def nonfinite(self) -> NonFiniteGuard:
+        # made on first use: a subclass need not call this class's __init__
+        guard = self.__dict__.get("_nonfinite")
+        if guard is None:
+            guard = self.__dict__["_nonfinite"] = NonFiniteGuard()
+        return guard
 
     def bind(self, module) -> None:
         """Called when the module is built: refuse what the step cannot train."""
@@ -44,20 +116,20 @@ class PlainStep(TrainStep):
     strategy keeps gradients on the parameters (one device, DDP, FSDP2); DeepSpeed's ZeRO
     optimiser skips steps whose gradient norm is not finite (vlp.strategies.DeepSpeedStrategy);
     16-mixed precision leaves both to its gradient scaler. More than
-    ``model.optim.max_nonfinite_in_row`` in a row stop the run (VLPModule.count_nonfinite).
+    ``model.optim.max_nonfinite_in_row`` in a row stop the run (NonFiniteGuard).
     """
 
     def __call__(self, module, batch: dict, batch_idx: int) -> torch.Tensor | None:
         loss = module.objective_loss(module(batch), batch)
-        if module.scaler_skips_nonfinite():
+        if scaler_skips_nonfinite(module):
             return loss
         finite = bool(torch.isfinite(loss.detach()))
         if module._trainer is not None:
             finite = module.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if finite:
             return loss
-        module.count_nonfinite()
-        if module._trainer is not None and (module.trainer.world_size > 1 or not module.grads_on_parameters()):
+        self.nonfinite.count(module)
+        if module._trainer is not None and (module.trainer.world_size > 1 or not _grads_on_parameters(module)):
             # Lightning refuses a skipped backward (None) under several processes, and DeepSpeed
             # (which owns backward and step) always: the backward runs on a loss whose
             # gradients are all NaN, and the step is dropped after it (before_optimizer_step;
@@ -66,7 +138,7 @@ class PlainStep(TrainStep):
         return None
 
     def before_optimizer_step(self, module) -> None:
-        if module.scaler_skips_nonfinite() or not module.grads_on_parameters():
+        if scaler_skips_nonfinite(module) or not _grads_on_parameters(module):
             return
         grads = [p.grad for p in module.parameters() if p.grad is not None]
         if not grads:  # a skipped batch: nothing to check
@@ -77,7 +149,7 @@ class PlainStep(TrainStep):
             finite = module.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if finite:
             return
-        module.count_nonfinite()
+        self.nonfinite.count(module)
         for p in module.parameters():
             p.grad = None  # AdamW leaves parameters without gradients untouched
 
@@ -189,7 +261,7 @@ class GradCacheStep(PlainStep):
         states, cached = [], {name: {p: [] for p in parts} for name, parts in reads.items()}
         with torch.no_grad():
             for c in chunks:
-                states.append(_rng_state())
+                states.append(rng_states(TORCH_RNG))
                 out = module(part(c))
                 for name, parts in reads.items():
                     for p in parts:
@@ -203,14 +275,14 @@ class GradCacheStep(PlainStep):
         if module._trainer is not None:
             finite = module.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if not finite:
-            module.count_nonfinite()
+            self.nonfinite.count(module)
             return None
         with _no_reducer(module):
             _backward(module, loss)
             # 3: each chunk again with a graph and its pass-1 random state; its cached gradient
             with _frozen_batch_norm_stats(module), torch.random.fork_rng(devices=_rng_devices(module)):
                 for c, state in zip(chunks, states):
-                    _set_rng_state(state)
+                    set_rng_states(state)
                     out = module(part(c))
                     tensors, grads = [], []
                     for name, parts in leaves.items():
@@ -242,19 +314,6 @@ class GradCacheStep(PlainStep):
 def _rng_devices(module) -> list:
     device = getattr(module, "device", torch.device("cpu"))
     return [device] if device.type == "cuda" else []
-
-
-def _rng_state() -> dict:
-    state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"])
 
 
 def _backward(module, loss: torch.Tensor) -> None:

@@ -40,6 +40,30 @@ def data_parallel_mesh(device_mesh):
     return device_mesh["data_parallel"] if "data_parallel" in names else device_mesh
 
 
+def replicates_parameters(strategy) -> bool:
+    """Whether every rank holds the whole model (one device, DDP): a forward on one rank alone
+    (Lightning's model summary counting FLOPs) is then no collective."""
+    from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+    from lightning.pytorch.strategies import DeepSpeedStrategy as AnyDeepSpeed
+
+    return isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)) and not isinstance(strategy, AnyDeepSpeed)
+
+
+def gradients_on_parameters(strategy) -> bool:
+    """Whether the strategy keeps gradients on the parameters' ``.grad`` (all but DeepSpeed, whose
+    ZeRO optimiser holds them in its own buffers and skips non-finite steps itself)."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy as AnyDeepSpeed
+
+    return not isinstance(strategy, AnyDeepSpeed)
+
+
+def engine_skipped_steps(strategy) -> int | None:
+    """DeepSpeed: its engine's count of optimiser steps it skipped (gradient norm not finite);
+    None under other strategies."""
+    skipped = getattr(getattr(strategy, "model", None), "skipped_steps", None)
+    return skipped if isinstance(skipped, int) and not gradients_on_parameters(strategy) else None
+
+
 # ---- DeepSpeed ZeRO 1-3 (Lightning's DeepSpeedStrategy, also on CPU)
 
 from lightning.pytorch.strategies import DeepSpeedStrategy as _LightningDeepSpeedStrategy  # noqa: E402
@@ -74,8 +98,8 @@ class DeepSpeedStrategy(_LightningDeepSpeedStrategy):
     (by norm, as Lightning does; clipping by value is refused). Non-finite steps: vlp's step
     (vlp.step.PlainStep) hands DeepSpeed a loss whose gradients are all NaN when the loss is not
     finite on some rank, and DeepSpeed's ZeRO optimiser skips a step whose gradient norm is
-    not finite (no update, optimiser state untouched); the module counts the skips
-    (VLPModule.count_nonfinite). ZeRO-3: towers return a TowerOutput (a dataclass), which
+    not finite (no update, optimiser state untouched); the step counts the skips
+    (vlp.step.NonFiniteGuard). ZeRO-3: towers return a TowerOutput (a dataclass), which
     DeepSpeed's hooks do not look into; ``hook_dataclass_outputs`` gives its tensors the hook
     that gathers the module's parameters again for the backward. The micro-batch size DeepSpeed logs with is the datamodule's
     ``batch_size`` (Lightning's guess reads a batch sampler that vlp's loaders do not have).

@@ -11,10 +11,10 @@ from torch.utils.data import DataLoader
 
 from vlp.data.eval_set import PAD, EvalStream, field_value, set_samples
 from vlp.data.shards import expand_shards
+from vlp.distributed import gather_objects
 from vlp.errors import VLPError
 from vlp.eval.base import EvalRun, EvalTask
 from vlp.eval.cider import cider_d, words
-from vlp.eval.features import gather_objects
 
 
 def normalised(text: str) -> str:
@@ -95,7 +95,7 @@ class Captioning(EvalTask):
                 if index != PAD:
                     local[index] = text
         captions: dict[int, str] = {}
-        for part in gather_objects(local, run.world):
+        for part in gather_objects(local):
             captions.update(part)
         keys, refs = self._reference_texts(urls)
         if len(captions) != len(refs):

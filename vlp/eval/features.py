@@ -9,12 +9,12 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from vlp.data.eval_set import PAD, EvalData, EvalStream
 from vlp.data.holdout import Holdout
 from vlp.data.shards import expand_shards
+from vlp.distributed import gather_objects
 from vlp.errors import VLPError
 
 
@@ -29,14 +29,6 @@ class Features:
 
     def __len__(self) -> int:
         return self.image.shape[0]
-
-
-def gather_objects(obj, world: int) -> list:
-    if world == 1:
-        return [obj]
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
 
 
 @torch.no_grad()
@@ -67,7 +59,7 @@ def extract_features(module, shards: str | list[str], data: EvalData, captions: 
         "owner": torch.cat(owners) if owners else torch.zeros(0, dtype=torch.long),
         "labels": labels,
     }
-    parts = [p for p in gather_objects(local, world) if p["image"] is not None]
+    parts = [p for p in gather_objects(local) if p["image"] is not None]
     if not parts:
         raise VLPError(f"eval shards {shards} hold no samples" + (" held out by data.holdout" if holdout else ""))
     all_index = torch.cat([p["index"] for p in parts])

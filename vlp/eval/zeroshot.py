@@ -14,9 +14,9 @@ from torch.utils.data import DataLoader
 from vlp.data.eval_set import PAD, EvalData, EvalStream, field_value, set_samples, share_size
 from vlp.data.holdout import Holdout
 from vlp.data.shards import expand_shards
+from vlp.distributed import gather_objects
 from vlp.errors import VLPError
 from vlp.eval.base import EvalRun, EvalTask, label_ids
-from vlp.eval.features import gather_objects
 from vlp.eval.metrics import classification_metrics
 from vlp.eval.templates import fill, resolve_templates
 
@@ -50,7 +50,7 @@ def zeroshot_weights(module, data: EvalData, classnames: list[str], templates: l
     local = zeroshot_classifier(module.encode_text, data.texts, [classnames[i] for i in padded], templates,
                                 module.device, fill=fill)
     out = [None] * len(classnames)
-    for idx, weights in gather_objects((mine, local[: len(mine)].cpu()), world):
+    for idx, weights in gather_objects((mine, local[: len(mine)].cpu())):
         for j, i in enumerate(idx):
             out[i] = weights[j]
     return torch.stack(out)
@@ -88,7 +88,7 @@ def decoder_scores(run: EvalRun, shards: list[str], classnames: list[str], templ
             if index != PAD:
                 local[index] = row
     scores: dict[int, torch.Tensor] = {}
-    for part in gather_objects(local, run.world):
+    for part in gather_objects(local):
         scores.update(part)
     if sorted(scores) != list(range(len(scores))):
         raise VLPError(f"decoder zero-shot scored samples {len(scores)} but not numbered 0..N-1")

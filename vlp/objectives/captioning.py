@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from vlp.data.text_spec import TextSpec
 from vlp.errors import VLPError
 from vlp.objectives.base import Objective
-from vlp.objectives.gather import rank_and_world
+from vlp.distributed import rank_and_world
 from vlp.towers.caption_decoder import CaptionDecoder
 from vlp.towers.output import TowerOutput
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlp.objectives.base import Objective, check_embed_dims
-from vlp.objectives.gather import all_gather_with_grad, rank_and_world
+from vlp.distributed import all_gather_with_grad, rank_and_world
 from vlp.towers.output import TowerOutput
 
 

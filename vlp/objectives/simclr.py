@@ -8,7 +8,7 @@ from torch import nn
 
 from vlp.errors import VLPError
 from vlp.objectives.base import Objective
-from vlp.objectives.gather import all_gather_with_grad, rank_and_world
+from vlp.distributed import all_gather_with_grad, rank_and_world
 
 
 def slip_mlp(in_dim: int, mlp_dim: int, out_dim: int, batch_norm: bool = True) -> nn.Sequential:

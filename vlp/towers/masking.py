@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vlp.objectives.gather import rank_and_world
+from vlp.distributed import rank_and_world
 
 
 class PatchMask(nn.Module):
