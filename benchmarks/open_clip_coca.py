@@ -55,16 +55,15 @@ from torch import nn
 
 
 def _parts(module):
-    """(image tower, text tower, captioning decoder, contrastive logit scale or None) of a VLPModule."""
-    from vlp.objectives.captioning import CaptioningLoss
-
-    image = module.towers[module.share.get("image", "image")]
-    text = module.towers[module.share.get("text", "text")]
-    caps = [o for o in module.objectives if isinstance(o, CaptioningLoss)]
-    if len(caps) != 1:
-        raise ValueError("expected a module with one CaptioningLoss")
-    scale = next((o.logit_scale for o in module.objectives if hasattr(o, "logit_scale")), None)
-    return image, text, caps[0].decoder, scale
+    """(image tower, text tower, caption decoder head, contrastive logit scale or None) of a VLPModule."""
+    if "decoder" not in module.heads:
+        raise ValueError("expected a module with a caption decoder head named decoder")
+    decoder = module.heads["decoder"]
+    image = module.towers[module.share.get(decoder.image, decoder.image)]
+    text = module.towers[module.share.get(decoder.text, decoder.text)]
+    scale = next((o.logit_scale for o in module.objectives if set(getattr(o, "compares", ())) == {"image", "text"}),
+                 None)
+    return image, text, decoder, scale
 
 
 def open_clip_config(module) -> dict:
@@ -259,7 +258,7 @@ def compare_forward(module, oc, images: torch.Tensor, text: torch.Tensor) -> dic
     module.eval()
     img = module.run_tower("image", images, tokens=True)
     txt = text_tower(text)
-    ours = decoder(txt.tokens[:, :-1], img.tokens, None)
+    ours = decoder(txt.tokens[:, :-1], *decoder.context(img))
     theirs = oc(images, text)["logits"]
     real = (text[:, :-1] != text_tower.pad_id)
     oc_img, _ = oc._encode_image(images, normalize=False)

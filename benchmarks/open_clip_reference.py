@@ -46,7 +46,8 @@ class OpenClipTokenizer:
 
 
 class Encoders(torch.nn.Module):
-    """encode_image / encode_text (normalised) of an open_clip model, as vlp's eval expects."""
+    """``embed(name, x)`` (normalised) of an open_clip model, as vlp's eval expects: ``image``
+    encodes images, ``text`` token ids; ``similarity_scale`` its learnt temperature."""
 
     def __init__(self, model):
         super().__init__()
@@ -56,11 +57,12 @@ class Encoders(torch.nn.Module):
     def device(self):
         return next(self.model.parameters()).device
 
-    def encode_image(self, x):
-        return F.normalize(self.model.encode_image(x), dim=-1)
+    def embed(self, name: str, x):
+        encode = {"image": self.model.encode_image, "text": self.model.encode_text}[name]
+        return F.normalize(encode(x), dim=-1)
 
-    def encode_text(self, t):
-        return F.normalize(self.model.encode_text(t), dim=-1)
+    def similarity_scale(self, a: str = "image", b: str = "text") -> float:
+        return float(self.model.logit_scale.detach().exp())
 
 
 def build(seed: int = 0):

@@ -19,6 +19,7 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from torch import nn
 
 from vlp.errors import VLPError
+from vlp.module import FieldView
 
 
 def meta_copy(module: nn.Module) -> nn.Module:
@@ -46,7 +47,8 @@ def training_flops(module: nn.Module, batch: dict) -> int:
     batch = apply_to_collection(batch, torch.Tensor, lambda t: t.to("meta"))
 
     def loss(outputs: dict) -> torch.Tensor:
-        return sum(o.weight * o(outputs, batch)[0] for o in module.objectives)
+        view = FieldView(batch, module.inputs)
+        return sum(o.weight * o(outputs, view)[0] for o in module.objectives)
 
     return measure_flops(module, lambda: module(batch), loss)
 

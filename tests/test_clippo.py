@@ -86,11 +86,11 @@ def test_tiny_clippo_trains_with_one_tower_and_evaluates_rendered_text(clippo_ru
                             "emoji_google_test_category"}
     assert results["emoji_google_test_retrieval"]["details"]["num_texts"] == 385
     assert 0 <= results["emoji_google_test_category"]["metrics"]["top1"] <= 1
-    # encode_text runs the image tower on rendered text
+    # the text name runs the image tower on rendered text
     module = cli.model.eval()
     rendered = cli.datamodule.text_renderer(["grinning face"])
     with torch.no_grad():
-        assert torch.allclose(module.encode_text(rendered), module.encode_image(rendered))
+        assert torch.allclose(module.embed("text", rendered), module.embed("image", rendered))
 
 
 def test_vlp_eval_rebuilds_the_renderer_from_the_checkpoint(clippo_run, tmp_path, capsys):

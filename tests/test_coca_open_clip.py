@@ -27,6 +27,7 @@ def pair():
     weight moved off its init (LayerNorms and biases included, as after training) and a sharp
     head, and its open_clip copy."""
     from vlp.module import VLPModule
+    from vlp.heads import CaptionDecoder
     from vlp.objectives import CaptioningLoss, ContrastiveLoss
     from vlp.towers import CoCaImageTower, CoCaTextTower
 
@@ -36,13 +37,14 @@ def pair():
                                                        "pre_norm": True})
     text = CoCaTextTower(vocab_size=SPEC.vocab_size, context_length=SPEC.context_length, width=64, layers=2, heads=2,
                          embed_dim=64)
-    module = VLPModule({"image": image, "text": text}, [ContrastiveLoss(), CaptioningLoss(layers=2, heads=4)])
+    module = VLPModule({"image": image, "text": text}, [ContrastiveLoss(), CaptioningLoss()],
+                       heads={"decoder": CaptionDecoder(layers=2, heads=4)})
     bind_parts(module, SPEC)
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():
         for p in module.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=g))
-        head = module.objectives[1].decoder.head.weight
+        head = module.heads.decoder.head.weight
         head.mul_(8)
         head[SPEC.eos_id] *= 1.5  # some captions end early, some run to max_length
     module.eval()

@@ -14,6 +14,7 @@ SPEC = TextSpec(vocab_size=24, pad_id=0, bos_id=1, eos_id=2, context_length=10)
 
 def tiny_coca(spec=SPEC, seed=0, width=32, queries=4, vocab=None):
     from vlp.module import VLPModule
+    from vlp.heads import CaptionDecoder
     from vlp.objectives import CaptioningLoss, ContrastiveLoss
     from vlp.towers import CoCaImageTower, CoCaTextTower
 
@@ -22,7 +23,8 @@ def tiny_coca(spec=SPEC, seed=0, width=32, queries=4, vocab=None):
                            model_kwargs={"patch_size": 8, "embed_dim": width, "depth": 1, "num_heads": 2})
     text = CoCaTextTower(vocab_size=vocab or spec.vocab_size, context_length=spec.context_length, width=width,
                          layers=1, heads=2, embed_dim=width)
-    module = VLPModule({"image": image, "text": text}, [ContrastiveLoss(), CaptioningLoss(layers=2, heads=2)])
+    module = VLPModule({"image": image, "text": text}, [ContrastiveLoss(), CaptioningLoss()],
+                       heads={"decoder": CaptionDecoder(layers=2, heads=2)})
     bind_parts(module, spec)
     return module
 
@@ -30,7 +32,7 @@ def tiny_coca(spec=SPEC, seed=0, width=32, queries=4, vocab=None):
 def sharpened(module):
     """Sharper next-token distributions than at init, and captions that end at varied lengths."""
     with torch.no_grad():
-        head = module.objectives[1].decoder.head.weight
+        head = module.heads.decoder.head.weight
         head.copy_(F.normalize(torch.randn(head.shape, generator=torch.Generator().manual_seed(0)), dim=1) * 4)
         head[SPEC.eos_id] *= 3
     return module
@@ -96,11 +98,11 @@ def test_repetition_penalty_reduces_repeats(captioner):
 def test_fixed_steps_runs_every_step_and_gives_the_same_captions(strategy):
     module = sharpened(tiny_coca())
     with torch.no_grad():
-        module.objectives[1].decoder.head.weight[SPEC.eos_id] *= 2  # both captions end before 9 tokens
+        module.heads.decoder.head.weight[SPEC.eos_id] *= 2  # both captions end before 9 tokens
     captioner = Captioner(module)
     images = IMAGES[[1, 4]]
     calls = []
-    hook = captioner.objective.decoder.register_forward_hook(lambda *a: calls.append(1))
+    hook = captioner.decoder.register_forward_hook(lambda *a: calls.append(1))
     try:
         free = captioner.generate(images, strategy, num_beams=2)
         n_free = len(calls)
@@ -157,11 +159,11 @@ def test_log_likelihood_sums_the_step_by_step_log_probabilities_of_each_text(cap
     got = captioner.log_likelihood(IMAGES, texts, chunk=3)  # chunks that split an image's texts
     module = captioner.module.eval()
     with torch.no_grad():
-        image = module.run_tower("image", IMAGES, tokens=True).tokens
+        image = module.run_tower("image", IMAGES, tokens=True).extra["queries"]
         for i in range(len(IMAGES)):
             for t, row in enumerate(texts):
                 length = int((row != SPEC.pad_id).sum())
-                steps = _Steps(captioner.text_tower, captioner.objective.decoder, image[i:i + 1], None, True)
+                steps = _Steps(captioner.text_tower, captioner.decoder, image[i:i + 1], None, True)
                 total = sum(float(steps.logits(row[None, :k + 1]).log_softmax(-1)[0, row[k + 1]])
                             for k in range(length - 1))
                 assert got[i, t].item() == pytest.approx(total, abs=1e-4)
@@ -177,9 +179,11 @@ def test_top_k_and_top_p_keep_the_likeliest_tokens():
     assert torch.isinf(filter_logits(logits, top_p=0.1)).tolist() == [[False, True, True, True]]
 
 
-def test_a_model_without_a_captioning_objective_is_refused(tiny_module):
-    with pytest.raises(VLPError, match="one captioning objective"):
+def test_a_model_without_a_caption_decoder_is_refused(tiny_module, captioner):
+    with pytest.raises(VLPError, match="a caption decoder named 'decoder' in model.heads; this one has no heads"):
         Captioner(tiny_module)
+    with pytest.raises(VLPError, match="named 'other' in model.heads; this one has \\['decoder'\\]"):
+        Captioner(captioner.module, head="other")
 
 
 def _emoji_pairs(n=4):

@@ -108,8 +108,8 @@ def test_loss_decreases_when_fitting_a_fixed_batch(tiny_module):
 
 def test_encoders_return_unit_vectors(tiny_module):
     b = _batch(4)
-    assert torch.allclose(tiny_module.encode_image(b["image"]).norm(dim=-1), torch.ones(4), atol=1e-5)
-    assert torch.allclose(tiny_module.encode_text(b["text"]).norm(dim=-1), torch.ones(4), atol=1e-5)
+    assert torch.allclose(tiny_module.embed("image", b["image"]).norm(dim=-1), torch.ones(4), atol=1e-5)
+    assert torch.allclose(tiny_module.embed("text", b["text"]).norm(dim=-1), torch.ones(4), atol=1e-5)
 
 
 class Poison(MeanSquaredGap):

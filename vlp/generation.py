@@ -1,6 +1,6 @@
 """Caption generation with CoCa's parts and a key/value cache: greedy, beam search, sampling.
 
-    captioner = Captioner(module)                       # a VLPModule with a CaptioningLoss
+    captioner = Captioner(module)                       # a VLPModule with a caption decoder head
     out = captioner.generate(images, strategy="beam", num_beams=4)
     texts = tokenizer.decode(out.ids)
 
@@ -64,7 +64,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 def gathered(*modules) -> Iterator[None]:
     """FSDP2-sharded units (those with ``unshard`` / ``reshard``) among ``modules`` hold their
     whole parameters meanwhile. Generation reads the text tower's embeddings (``decode``) and
-    the objective's decoder outside their units' own forward, whose hooks would gather them;
+    the caption decoder outside their units' own forward, whose hooks would gather them;
     blocks that are units of their own are called through ``block(...)`` and gather themselves."""
     units = [m for m in modules if callable(getattr(m, "unshard", None)) and callable(getattr(m, "reshard", None))]
     for unit in units:
@@ -108,30 +108,26 @@ class _Steps:
 
 
 class Captioner:
-    """Generates captions with the image tower, the CoCa text tower and the decoder of a
-    module's CaptioningLoss (vlp.objectives.CaptioningLoss), using its text spec's start,
-    end-of-text and pad ids.
+    """Generates captions with the image tower, the CoCa text tower and a module's caption
+    decoder (a head: vlp.heads.CaptionDecoder, found by its name in ``model.heads``), using the
+    decoder's text spec (the tokenizer's start, end-of-text and pad ids).
 
     Args:
-        module: a VLPModule (the image tower runs through ``module.run_tower("image", ...)``).
-        objective: the CaptioningLoss's name; None = the module's only one.
+        module: a VLPModule (the towers run through ``module.run_tower``).
+        head: the decoder's name in ``model.heads``.
     """
 
-    def __init__(self, module, objective: str | None = None):
-        from vlp.objectives.captioning import CaptioningLoss
-
-        found = [o for o in getattr(module, "objectives", []) if isinstance(o, CaptioningLoss)
-                 and (objective is None or o.name == objective)]
-        if len(found) != 1:
-            what = f"named {objective!r}" if objective else "(vlp.objectives.CaptioningLoss)"
-            raise VLPError(f"captioning needs a model with one captioning objective {what}; this one has "
-                           f"{[o.name for o in getattr(module, 'objectives', [])]}")
-        self.module, self.objective = module, found[0]
-        self.spec = self.objective.text_spec
+    def __init__(self, module, head: str = "decoder"):
+        heads = getattr(module, "heads", None) or {}
+        if head not in heads:
+            raise VLPError(f"captioning needs a model with a caption decoder named {head!r} in model.heads; this one "
+                           f"has {sorted(heads) or 'no heads'} (the coca_* recipes train one)")
+        self.module, self.decoder = module, heads[head]
+        self.spec = self.decoder.text_spec
         if self.spec is None:
-            raise VLPError("the captioning objective has no text spec: bind the tokenizer's "
+            raise VLPError("the caption decoder has no text spec: bind the tokenizer's "
                            "(vlp.data.text_spec.bind_parts(module, tokenizer.spec))")
-        self.text_tower = module.towers[module.share.get("text", "text")]
+        self.text_tower = module.towers[module.share.get(self.decoder.text, self.decoder.text)]
         if not callable(getattr(self.text_tower, "decode", None)):
             raise VLPError(f"captioning needs a text tower that decodes step by step (vlp.towers.CoCaTextTower), "
                            f"not {type(self.text_tower).__name__}")
@@ -176,18 +172,16 @@ class Captioner:
         was_training = module.training
         module.eval()
         try:
-            with torch.no_grad(), gathered(self.text_tower, self.objective):
-                image = module.run_tower("image", images, tokens=True)
-                mask = image.token_mask
+            with torch.no_grad(), gathered(self.text_tower, self.decoder):
+                context, mask = self.decoder.context(module.run_tower(self.decoder.image, images, tokens=True))
                 mask = None if mask is None or bool(mask.all()) else mask
                 settings = {"max_length": max_length, "min_length": min_length,
                             "repetition_penalty": repetition_penalty, "fixed_steps": fixed_steps}
                 if strategy == "beam":
-                    steps = _Steps(self.text_tower, self.objective.decoder,
-                                   image.tokens.repeat_interleave(num_beams, 0),
+                    steps = _Steps(self.text_tower, self.decoder, context.repeat_interleave(num_beams, 0),
                                    None if mask is None else mask.repeat_interleave(num_beams, 0), use_cache)
                     return self._beam(steps, images.shape[0], num_beams, length_penalty, **settings)
-                steps = _Steps(self.text_tower, self.objective.decoder, image.tokens, mask, use_cache)
+                steps = _Steps(self.text_tower, self.decoder, context, mask, use_cache)
                 return self._sample(steps, images.shape[0], strategy == "greedy", top_k, top_p, temperature,
                                     generator, **settings)
         finally:
@@ -209,23 +203,22 @@ class Captioner:
         was_training = module.training
         module.eval()
         try:
-            with torch.no_grad(), gathered(self.text_tower, self.objective):
-                device = next(self.objective.decoder.parameters()).device
+            with torch.no_grad(), gathered(self.text_tower, self.decoder):
+                device = next(self.decoder.parameters()).device
                 texts = texts.to(device)
                 used = int((texts != spec.pad_id).sum(1).max())  # the longest text; the rest is padding
                 texts = texts[:, : max(used, 2)]
                 states = self.text_tower(texts, tokens=True).tokens[:, :-1]  # [P, l-1, W]
                 labels = texts[:, 1:]
                 real = labels != spec.pad_id
-                image = module.run_tower("image", images, tokens=True)
-                tokens, mask = image.tokens, image.token_mask
+                tokens, mask = self.decoder.context(module.run_tower(self.decoder.image, images, tokens=True))
                 mask = None if mask is None or bool(mask.all()) else mask
                 b, p = images.shape[0], texts.shape[0]
                 pairs = torch.arange(b * p, device=device)
                 scores = torch.empty(b * p, device=device)
                 for part in pairs.split(chunk):
                     i, t = part // p, part % p
-                    logits = self.objective.decoder(states[t], tokens[i], None if mask is None else mask[i])
+                    logits = self.decoder(states[t], tokens[i], None if mask is None else mask[i])
                     logp = logits.float().log_softmax(-1).gather(2, labels[t, :, None]).squeeze(2)
                     scores[part] = (logp * real[t]).sum(1)
                 return scores.view(b, p)
@@ -251,7 +244,7 @@ class Captioner:
                 generator, max_length: int, min_length: int, repetition_penalty: float,
                 fixed_steps: bool) -> Captions:
         spec = self.spec
-        device = next(self.objective.decoder.parameters()).device
+        device = next(self.decoder.parameters()).device
         ids = torch.full((batch, max_length + 1), spec.pad_id, dtype=torch.long, device=device)
         ids[:, 0] = spec.bos_id
         logps = torch.zeros(batch, max_length, device=device)
@@ -281,7 +274,7 @@ class Captioner:
     def _beam(self, steps: _Steps, batch: int, beams: int, length_penalty: float, max_length: int,
               min_length: int, repetition_penalty: float, fixed_steps: bool) -> Captions:
         spec = self.spec
-        device = next(self.objective.decoder.parameters()).device
+        device = next(self.decoder.parameters()).device
         seqs = torch.full((batch * beams, 1), spec.bos_id, dtype=torch.long, device=device)
         seq_logps = torch.zeros(batch * beams, 0, device=device)
         scores = torch.full((batch, beams), float("-inf"), device=device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
@@ -34,8 +35,12 @@ class VLPModule(LightningModule):
             field ``views`` (SLIP's augmented views); ``{text: image}`` makes one tower read
             both fields (CLIPPO). A shared name holds no parameters of its own.
         inputs: the batch field a name reads when it is not the name itself: ``{aux: text}``
-            runs the tower ``aux`` on ``batch["text"]``.
+            runs the tower ``aux`` on ``batch["text"]``; a name an objective reads as a field
+            (``fields``) is mapped the same way. Every batch access goes through this map.
         step: how a batch becomes gradients (vlp.step; default PlainStep).
+        heads: named modules that objectives train and inference uses (``{decoder:
+            vlp.heads.CaptionDecoder}``); each sizes itself on the towers (``attach``), and an
+            objective that uses one names it (``heads_used``).
 
     The module runs exactly the towers and outputs that the objectives read: a name no
     objective reads is not run, and a tower runs its pooled-only pass (vlp.towers.pooled)
@@ -52,12 +57,13 @@ class VLPModule(LightningModule):
         share: dict[str, str] | None = None,
         inputs: dict[str, str] | None = None,
         step: TrainStep | None = None,
+        heads: dict[str, nn.Module] | None = None,
     ):
         super().__init__()
         # Under the CLI the hyperparameters are the recipe's class_path/init_args (so a
         # checkpoint can rebuild the model); built by hand, the parts are not hyperparameters.
         built_by_cli = _given_hyperparameters.get() is not None
-        self.save_hyperparameters(ignore=None if built_by_cli else ["towers", "objectives", "step"])
+        self.save_hyperparameters(ignore=None if built_by_cli else ["towers", "objectives", "step", "heads"])
         if not towers:
             raise VLPError("model.towers is empty: a recipe needs at least one tower")
         if not objectives:
@@ -74,15 +80,27 @@ class VLPModule(LightningModule):
         self.towers = nn.ModuleDict(towers)
         self.share = share
         streams = {name: self.towers[share.get(name, name)] for name in [*towers, *share]}
-        unknown = sorted(set(inputs or {}) - set(streams))
-        if unknown:
-            raise VLPError(f"model.inputs names {unknown}, which are neither towers nor shared names "
-                           f"(the names: {sorted(streams)})")
-        self.inputs = {name: (inputs or {}).get(name, name) for name in streams}
+        heads = dict(heads or {})
+        for head in heads.values():  # before the objectives: a head is sized on the towers
+            if callable(getattr(head, "attach", None)):
+                head.attach(streams)
         for objective in objectives:
+            used = getattr(objective, "heads_used", ())
+            missing = [h for h in used if h not in heads]
+            if missing:
+                raise VLPError(f"objective {objective.name} trains the head {missing[0]!r}, which model.heads does not "
+                               f"name (the heads: {sorted(heads) or 'none'})")
+            objective.bind_heads({h: heads[h] for h in used})
             objective.attach(streams)
         self.objectives = nn.ModuleList(objectives)
+        self.heads = nn.ModuleDict(heads)  # after the objectives: the parameters keep their order
         self.reads = read_plan(objectives, streams)
+        fields = {f for o in objectives for f in o.fields}
+        unknown = sorted(set(inputs or {}) - set(streams) - fields)
+        if unknown:
+            raise VLPError(f"model.inputs names {unknown}, which are neither towers, shared names nor fields the "
+                           f"objectives read (the names: {sorted(set(streams) | fields)})")
+        self.inputs = {name: (inputs or {}).get(name, name) for name in [*streams, *sorted(fields - set(streams))]}
         self.step = step or PlainStep()
         if callable(getattr(self.step, "bind", None)):
             self.step.bind(self)  # a step refuses objectives it cannot train
@@ -99,7 +117,7 @@ class VLPModule(LightningModule):
 
     def batch_fields(self) -> set[str]:
         """The batch fields the objectives need (the towers' inputs and their own fields)."""
-        return {self.inputs[name] for name in self.reads} | {f for o in self.objectives for f in o.fields}
+        return {self.inputs[name] for name in self.reads} | {self.inputs[f] for o in self.objectives for f in o.fields}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # RNG states of every rank (Lightning keeps none), so that a resumed run draws the
@@ -142,13 +160,27 @@ class VLPModule(LightningModule):
         out = tower(x) if tokens or not self._pooled_kw[tower_name] else tower(x, tokens=False)
         return out.unflatten(tuple(lead) + (-1,)) if lead else out
 
-    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        """``[B,3,H,W]`` -> L2-normalised ``[B,E]`` (the ``image`` tower's pooled output)."""
-        return F.normalize(self.run_tower("image", image, False).pooled, dim=-1)
+    def embed(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """L2-normalised ``[B, E]``: the pooled output of the tower of ``name`` (a tower or a shared
+        name) on ``x`` (its input: images ``[B, 3, H, W]``, token ids ``[B, L]``, rendered text).
+        What eval compares: a task names the two embeddings it scores (``image`` and ``text`` by
+        default)."""
+        if name not in self.inputs or self.share.get(name, name) not in self.towers:
+            raise VLPError(f"the model has no tower or shared name {name!r} to embed with (the names: "
+                           f"{sorted(n for n in self.inputs if self.share.get(n, n) in self.towers)})")
+        return F.normalize(self.run_tower(name, x, False).pooled, dim=-1)
 
-    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
-        """``[B,L]`` -> L2-normalised ``[B,E]`` (the ``text`` tower's pooled output)."""
-        return F.normalize(self.run_tower("text", text, False).pooled, dim=-1)
+    def similarity_scale(self, a: str = "image", b: str = "text") -> float:
+        """The temperature of the objective that scores ``a`` against ``b`` (``compares``) as its
+        loss uses it (``scale()``); 100 (CLIP's cap) when none does. Every rank must call it: a
+        sharded scale is gathered."""
+        for objective in self.objectives:
+            if set(getattr(objective, "compares", ())) == {a, b} and callable(getattr(objective, "scale", None)):
+                scale = objective.scale().detach()
+                if hasattr(scale, "full_tensor"):  # a DTensor (FSDP2)
+                    scale = scale.full_tensor()
+                return float(scale.float())
+        return 100.0
 
     def forward(self, batch: dict, reads: dict[str, set[str]] | None = None) -> dict[str, TowerOutput]:
         """The outputs ``reads`` names (default: what the objectives read): ``{name: TowerOutput}``
@@ -159,15 +191,17 @@ class VLPModule(LightningModule):
             field = self.inputs[name]
             if field not in batch:
                 raise VLPError(f"the batch has no field {field!r}, which the objectives read (it has {sorted(batch)})")
-            outputs[name] = self.run_tower(name, batch[field], tokens=bool(parts & TOKEN_PARTS))
+            outputs[name] = self.run_tower(name, batch[field], tokens=bool(parts - POOLED_PARTS))
         return outputs
 
     def objective_loss(self, outputs: dict[str, TowerOutput], batch: dict) -> torch.Tensor:
-        """The weighted sum of the objectives on ``outputs``, each logged."""
+        """The weighted sum of the objectives on ``outputs``, each logged. The objectives see the
+        batch through the name -> field map (FieldView)."""
         total = 0.0
         batch_size = next(t.shape[0] for o in outputs.values() for t in (o.pooled, o.features) if t is not None)
+        view = FieldView(batch, self.inputs)
         for objective in self.objectives:
-            loss, metrics = objective(outputs, batch)
+            loss, metrics = objective(outputs, view)
             total = total + objective.weight * loss
             self.log(f"train/{objective.name}_loss", loss, batch_size=batch_size)
             for key, value in metrics.items():
@@ -202,13 +236,14 @@ class VLPModule(LightningModule):
     def configure_model(self) -> None:
         """Where sharding hooks in: under Lightning's ModelParallelStrategy (FSDP2) the towers'
         blocks, towers and objectives are sharded over the data-parallel mesh
-        (vlp.strategies.shard_fsdp2); other strategies wrap the module themselves."""
+        (vlp.strategies.shard_fsdp2), and the heads as the objectives; other strategies wrap the module
+        themselves."""
         mesh = getattr(self, "_device_mesh", None)
         if mesh is None or getattr(self, "_sharded", False):
             return
         from vlp.strategies import data_parallel_mesh, shard_fsdp2
 
-        shard_fsdp2(self.towers, self.objectives, data_parallel_mesh(mesh))
+        shard_fsdp2(self.towers, [*self.objectives, *self.heads.values()], data_parallel_mesh(mesh))
         self._sharded = True
 
     def configure_optimizers(self):
@@ -222,13 +257,13 @@ class VLPModule(LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-TOKEN_PARTS = frozenset({"tokens", "token_mask"})
-PARTS = frozenset({"pooled", "features", "tokens", "token_mask", "prefix_tokens"})
+POOLED_PARTS = frozenset({"pooled", "features", "prefix_tokens"})  # what the pooled-only pass gives
+PARTS = POOLED_PARTS | {"tokens", "token_mask", "grid", "kept"}
 
 
 def read_plan(objectives: list[Objective], streams: dict[str, nn.Module]) -> dict[str, set[str]]:
     """``{name: {output parts}}`` that the objectives read, in the order of ``streams``, checked
-    against the names."""
+    against the names and the parts (TowerOutput's fields and the tower's ``extra_parts``)."""
     plan: dict[str, set[str]] = {}
     for objective in objectives:
         for item in sorted(objective.reads):
@@ -236,12 +271,34 @@ def read_plan(objectives: list[Objective], streams: dict[str, nn.Module]) -> dic
             if name not in streams:
                 raise VLPError(f"objective {objective.name} reads {item}, but there is no tower or shared name "
                                f"{name!r} (the names: {sorted(streams)}; share a tower with model.share)")
-            if part not in PARTS:
-                raise VLPError(f"objective {objective.name} reads {item}: a tower output is one of {sorted(PARTS)}")
+            known = PARTS | getattr(streams[name], "extra_parts", frozenset())
+            if part not in known:
+                raise VLPError(f"objective {objective.name} reads {item}: a tower output is one of {sorted(known)}")
             plan.setdefault(name, set()).add(part)
     # the towers run in the order they are declared, the same in every process (a set's order of
     # strings is not: ranks would start different collectives, and random draws would move)
     return {name: plan[name] for name in streams if name in plan}
+
+
+class FieldView(Mapping):
+    """A batch seen by names: ``view[name]`` is ``batch[inputs.get(name, name)]``, so an objective
+    reads the field its name is mapped to (``model.inputs``); a missing field is a clear error."""
+
+    def __init__(self, batch: dict, inputs: dict[str, str]):
+        self.batch, self.names = batch, inputs
+
+    def __getitem__(self, name: str):
+        field = self.names.get(name, name)
+        if field not in self.batch:
+            via = f" (the field of the name {name!r})" if field != name else ""
+            raise VLPError(f"the batch has no field {field!r}{via}; it has {sorted(self.batch)}")
+        return self.batch[field]
+
+    def __iter__(self):
+        return iter(self.batch)
+
+    def __len__(self) -> int:
+        return len(self.batch)
 
 
 def upgrade_checkpoint(checkpoint: dict) -> dict:
@@ -258,7 +315,29 @@ def upgrade_checkpoint(checkpoint: dict) -> dict:
     hparams = checkpoint.get("hyper_parameters")
     if isinstance(hparams, dict) and "image_tower" in hparams and "towers" not in hparams:
         hparams["towers"] = {"image": hparams.pop("image_tower"), "text": hparams.pop("text_tower")}
+    _decoder_to_head(checkpoint)
     return checkpoint
+
+
+def _decoder_to_head(checkpoint: dict) -> None:
+    """CoCa before named heads: the CaptioningLoss owned its decoder (``objectives.N.decoder.*``,
+    ``init_args: {layers, heads, mlp_ratio}``); it is the head ``decoder`` now."""
+    hparams = checkpoint.get("hyper_parameters")
+    objectives = hparams.get("objectives") if isinstance(hparams, dict) else None
+    if not isinstance(objectives, list):
+        return
+    for i, spec in enumerate(objectives):
+        args = spec.get("init_args") if isinstance(spec, dict) else None
+        if not (str(spec.get("class_path", "")).endswith("CaptioningLoss") and isinstance(args, dict)
+                and {"layers", "heads"} & args.keys()):
+            continue
+        shape = {k: args.pop(k) for k in ("layers", "heads", "mlp_ratio") if k in args}
+        hparams["heads"] = {**(hparams.get("heads") or {}),
+                            "decoder": {"class_path": "vlp.heads.CaptionDecoder", "init_args": shape}}
+        prefix = f"objectives.{i}.decoder."
+        state = checkpoint.get("state_dict") or {}
+        checkpoint["state_dict"] = {("heads.decoder." + k[len(prefix):] if k.startswith(prefix) else k): v
+                                    for k, v in state.items()}
 
 
 def schedule_steps(trainer) -> float:

@@ -149,7 +149,7 @@ class Embedder:
         out = []
         for i in range(0, len(images), self.batch_size):
             batch = torch.stack(images[i:i + self.batch_size]).to(self.device)
-            out.append(torch.nn.functional.normalize(self.module.encode_image(batch).float(), dim=-1).cpu())
+            out.append(torch.nn.functional.normalize(self.module.embed("image", batch).float(), dim=-1).cpu())
         return torch.cat(out)
 
 

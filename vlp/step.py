@@ -206,8 +206,8 @@ class GradCacheStep(PlainStep):
             if bad:
                 raise VLPError(
                     f"the gradient cache (GradCacheStep) caches pooled outputs; objective {objective.name} "
-                    f"({type(objective).__name__}) reads {', '.join(bad)}, per-token outputs: train it with "
-                    "the plain step (model.step: null)")
+                    f"({type(objective).__name__}) reads {', '.join(bad)}: outputs it does not keep (per-token or "
+                    "pooler outputs); train it with the plain step (model.step: null)")
 
     def take_trainer_clipping(self, trainer) -> None:
         """Move ``trainer.gradient_clip_val`` to the step (Lightning refuses it for manual steps)."""

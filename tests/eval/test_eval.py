@@ -89,7 +89,7 @@ def test_task_file_with_unknown_key_is_refused(tmp_path):
     (tmp_path / "t.yaml").write_text("class_path: vlp.eval.Retrieval\ninit_args:\n  shards: x.tar\n"
                                      "  label_feild: category\n")
     with pytest.raises(VLPError, match=r"^task file \S*t\.yaml: vlp\.eval\.Retrieval: unknown key 'label_feild' "
-                                       r"\(it takes shards, captions, name, description, holdout\)$"):
+                                       r"\(it takes shards, captions, name, description, holdout, embeddings\)$"):
         load_task(str(tmp_path / "t.yaml"))
 
 
@@ -242,7 +242,7 @@ def test_multilingual_and_multi_caption_retrieval(tiny_module, tmp_path):
     assert feats.image.shape[0] == 10 and feats.text.shape[0] == 20
     assert feats.text_owner.tolist() == [i // 2 for i in range(20)]
     # the German caption of sample 3 is embedded as the text "ding 3"
-    ref = tiny_module.encode_text(TextTokenizer(context_length=16)(["ding 3"]))
+    ref = tiny_module.embed("text", TextTokenizer(context_length=16)(["ding 3"]))
     assert torch.allclose(feats.text[7], ref[0], atol=1e-5)
 
 
@@ -277,17 +277,21 @@ def test_sample_shots_takes_k_per_class_reproducibly():
     assert torch.bincount(labels[sample_shots(labels, 4, seed=0)]).tolist() == [3, 2, 4]
 
 
-def test_few_shot_reads_the_temperature_the_objective_uses():
+def test_few_shot_reads_the_temperature_of_the_objective_that_compares_its_names(tiny_module):
+    """The scale as the loss uses it (clamped), of the objective comparing the task's two names
+    (not the first objective with a scale); CLIP's cap 100 when none compares them."""
     import math
-    from types import SimpleNamespace
 
-    from vlp.eval.base import logit_scale
+    from vlp.module import VLPModule
+    from vlp.objectives import ContrastiveLoss, SigmoidLoss
 
-    clamped = SimpleNamespace(logit_scale=torch.tensor([5.0]), max_logit_scale=math.log(100))  # clamped in forward
-    assert logit_scale(SimpleNamespace(objectives=[clamped])) == pytest.approx(100.0)
-    free = SimpleNamespace(logit_scale=torch.tensor([1.0]))
-    assert logit_scale(SimpleNamespace(objectives=[SimpleNamespace(), free])) == pytest.approx(math.e)
-    assert logit_scale(SimpleNamespace(objectives=[])) == 100.0
+    towers = dict(tiny_module.towers)
+    clamped = ContrastiveLoss(init_logit_scale=5.0)  # above ln 100: clamped where used
+    other = SigmoidLoss(name="other", b="text_2", init_logit_scale=1.0)
+    module = VLPModule(towers, [other, clamped], share={"text_2": "text"})
+    assert module.similarity_scale("image", "text") == pytest.approx(100.0)
+    assert module.similarity_scale("text_2", "image") == pytest.approx(math.e)
+    assert module.similarity_scale("image", "image") == 100.0
 
 
 def test_class_name_head_is_the_zeroshot_classifier_before_training():
@@ -386,16 +390,15 @@ def _uneven_tasks(root):
 
 
 def _counting(module) -> dict:
-    """Count the module's forward passes (calls of encode_image / encode_text)."""
+    """Count the module's forward passes (calls of embed, by name)."""
     calls = {"image": 0, "text": 0}
-    for what in calls:
-        encode = getattr(module, f"encode_{what}")
+    embed = module.embed
 
-        def counted(x, encode=encode, what=what):
-            calls[what] += 1
-            return encode(x)
+    def counted(name, x):
+        calls[name] += 1
+        return embed(name, x)
 
-        setattr(module, f"encode_{what}", counted)
+    module.embed = counted
     return calls
 
 
@@ -500,9 +503,9 @@ def test_zeroshot_scored_by_the_decoder_is_the_mean_template_log_likelihood(tmp_
         ZeroShotClassification(shards, "label", scorer="captions")
 
 
-def test_zeroshot_decoder_scorer_needs_a_captioning_objective(tiny_module, tmp_path):
+def test_zeroshot_decoder_scorer_needs_a_caption_decoder(tiny_module, tmp_path):
     from vlp.eval.zeroshot import ZeroShotClassification
 
     task = ZeroShotClassification(_shard(tmp_path / "s.tar", 3), "label", templates="name", scorer="decoder")
-    with pytest.raises(VLPError, match="one captioning objective"):
+    with pytest.raises(VLPError, match="a caption decoder named 'decoder' in model.heads"):
         task.run(tiny_module, EvalData(TextTokenizer(context_length=16), 32))

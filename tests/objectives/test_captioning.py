@@ -69,8 +69,12 @@ def test_the_spec_s_pad_id_is_adopted_and_a_pad_that_ends_texts_refused():
 
 
 def test_caption_objective_keeps_the_contract_through_the_module():
+    """It reads what its decoder head reads (the image tower's queries, the text tower's tokens),
+    trains the head, the decoder pooler and the text tower, and reports the accuracy of the
+    decoder's next-token guesses over the real labels."""
     from tests.test_module import _batch
     from vlp.data.tokenizer import TextTokenizer
+    from vlp.heads import CaptionDecoder
     from vlp.module import VLPModule
     from vlp.objectives import ContrastiveLoss
     from vlp.towers import CoCaImageTower, CoCaTextTower
@@ -79,32 +83,54 @@ def test_caption_objective_keeps_the_contract_through_the_module():
     image = CoCaImageTower("vit_tiny_patch16_224", embed_dim=32, image_size=32, pool_queries=4, pool_heads=2,
                            model_kwargs={"patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2})
     text = CoCaTextTower(context_length=16, width=32, layers=1, heads=2, embed_dim=32)
-    caption = CaptioningLoss(layers=1, heads=2)
-    module = VLPModule({"image": image, "text": text}, [ContrastiveLoss(), caption])
+    caption = CaptioningLoss()
+    module = VLPModule({"image": image, "text": text}, [ContrastiveLoss(), caption],
+                       heads={"decoder": CaptionDecoder(layers=1, heads=2)})
     bind_parts(module, TextTokenizer(context_length=16).spec)
-    assert module.reads == {"image": {"pooled", "tokens"}, "text": {"pooled", "tokens"}}
-    assert caption.decoder.vocab_size == 8192 and module.batch_fields() == {"image", "text"}
+    assert module.reads == {"image": {"pooled", "queries"}, "text": {"pooled", "tokens"}}
+    assert caption.decoder is module.heads.decoder and caption.decoder.vocab_size == 8192
+    assert module.batch_fields() == {"image", "text"}
+    assert not list(caption.parameters())  # the decoder's parameters belong to model.heads alone
     batch = _batch(4)
     outputs = module(batch)
+    assert outputs["image"].tokens.shape == (4, 1 + 16, 32) and outputs["image"].grid == (4, 4)  # the trunk's
     loss, metrics = caption(outputs, batch)
-    assert loss.ndim == 0 and torch.isfinite(loss) and 0 <= float(metrics["token_acc"]) <= 1
+    with torch.no_grad():
+        logits = module.heads.decoder(outputs["text"].tokens[:, :-1], outputs["image"].extra["queries"])
+        labels = batch["text"][:, 1:]
+        real = labels != caption.pad_id
+        expected = ((logits.argmax(-1) == labels) & real).sum() / real.sum()
+    assert torch.equal(metrics["token_acc"], expected)
+    assert torch.allclose(loss, caption_loss(logits, labels, caption.pad_id))
     loss.backward()
-    for part in (image.attn_pool, text, caption.decoder):  # the decoder queries, not the contrastive one
+    for part in (image.attn_pool, text, module.heads.decoder):  # the decoder queries, not the contrastive one
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
     assert image.attn_pool_contrastive.query.grad is None
 
 
-def test_the_objective_needs_towers_that_report_their_shapes():
+def test_a_captioning_objective_without_its_head_is_a_clear_error(tiny_module):
+    from vlp.module import VLPModule
+
+    with pytest.raises(VLPError, match="objective caption trains the head 'decoder', which model.heads does not name"):
+        VLPModule(dict(tiny_module.towers), [CaptioningLoss()])
+
+
+def test_the_decoder_needs_towers_that_report_their_shapes():
+    from vlp.heads import CaptionDecoder
+
     with pytest.raises(VLPError, match="reads the towers image and text"):
-        CaptioningLoss().attach({"image": torch.nn.Linear(2, 2)})
+        CaptionDecoder().attach({"image": torch.nn.Linear(2, 2)})
     with pytest.raises(VLPError, match="needs a text tower with width, vocab_size, context_length"):
-        CaptioningLoss().attach({"image": torch.nn.Linear(2, 2), "text": torch.nn.Linear(2, 2)})
+        CaptionDecoder().attach({"image": torch.nn.Linear(2, 2), "text": torch.nn.Linear(2, 2)})
     from vlp.towers import TextTransformer
 
     bidirectional = TextTransformer(vocab_size=20, context_length=8, width=16, layers=1, heads=2, embed_dim=8,
                                     causal=False)
     with pytest.raises(VLPError, match="needs a causal text tower"):
-        CaptioningLoss().attach({"image": torch.nn.Linear(2, 2), "text": bidirectional})
+        CaptionDecoder().attach({"image": torch.nn.Linear(2, 2), "text": bidirectional})
+    causal = TextTransformer(vocab_size=20, context_length=8, width=16, layers=1, heads=2, embed_dim=8)
+    with pytest.raises(VLPError, match="must report its width as queries_width"):
+        CaptionDecoder().attach({"image": torch.nn.Linear(2, 2), "text": causal})
 
 
 def _two_ranks(rank, world, init_file, out_dir):

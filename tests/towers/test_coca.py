@@ -23,23 +23,30 @@ def text_tower():
 
 @pytest.mark.parametrize("kind", ["image", "text"])
 def test_coca_towers_keep_the_output_contract(kind):
+    """The image tower's ``tokens`` are its trunk's (on their grid); the decoder queries are the
+    named output ``queries``. The text tower's tokens are its positions (not the class token)."""
     torch.manual_seed(0)
     tower = (image_tower() if kind == "image" else text_tower()).eval()
     x = torch.randn(3, 3, 32, 32) if kind == "image" else TEXT
     full = tower(x)
     assert isinstance(full, TowerOutput) and x.ndim == tower.input_ndim
-    n = 5 if kind == "image" else 8  # decoder queries; text positions (the class token is not a token)
     assert full.pooled.shape == (3, 16) and full.features.shape == (3, tower.width)
-    assert full.tokens.shape == (3, n, tower.width) and full.prefix_tokens == 0
-    assert torch.equal(full.token_mask, torch.ones(3, 5, dtype=torch.bool) if kind == "image" else TEXT != 0)
+    if kind == "image":
+        assert full.tokens.shape == (3, 1 + 16, tower.tokens_width) and full.prefix_tokens == 1
+        assert full.grid == (4, 4) and full.token_mask.all() and full.kept is None
+        assert full.extra["queries"].shape == (3, 5, tower.queries_width) and tower.extra_parts == {"queries"}
+        assert torch.equal(full.tokens, tower.trunk.forward_features(x))
+    else:
+        assert full.tokens.shape == (3, 8, tower.width) and full.prefix_tokens == 0
+        assert torch.equal(full.token_mask, TEXT != 0)
     fast = tower(x, tokens=False)
-    assert fast.tokens is None and torch.allclose(fast.pooled, full.pooled, atol=1e-5)
+    assert fast.tokens is None and not fast.extra and torch.allclose(fast.pooled, full.pooled, atol=1e-5)
     assert torch.allclose(fast.features, full.features, atol=1e-5)
     tower.train()
     out = tower(x)
-    (out.pooled.sum() + out.tokens.sum()).backward()
+    (out.pooled.sum() + (out.extra["queries"] if kind == "image" else out.tokens).sum()).backward()
     grads = {name for name, p in tower.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
-    if kind == "image":  # both poolers learn: the contrastive query from pooled, the decoder queries from tokens
+    if kind == "image":  # both poolers learn: the contrastive query from pooled, the decoder queries from queries
         assert {"attn_pool.query", "attn_pool_contrastive.query", "proj.weight"} <= grads
     else:
         assert {"cls_emb", "token_embedding.weight", "proj.weight"} <= grads
@@ -53,7 +60,8 @@ def test_image_pooled_ignores_the_decoder_queries():
     with torch.no_grad():
         tower.attn_pool.query.add_(1.0)
     after = tower(x)
-    assert torch.equal(before.pooled, after.pooled) and not torch.allclose(before.tokens, after.tokens)
+    assert torch.equal(before.pooled, after.pooled)
+    assert not torch.allclose(before.extra["queries"], after.extra["queries"])
 
 
 def test_text_embedding_reads_every_real_token_and_no_padding():
@@ -103,6 +111,7 @@ def test_flip_masking_under_coca():
     seen = []
     tower.trunk.blocks[0].register_forward_hook(lambda m, a, o: seen.append(o.shape[1]))
     out = tower.train()(x)
-    assert seen[-1] == 1 + 8 and out.tokens.shape == (2, 5, 16)  # half of the 16 patches, the same 5 queries
+    assert seen[-1] == 1 + 8 and out.extra["queries"].shape == (2, 5, 16)  # half of the 16 patches, the same 5 queries
+    assert out.tokens.shape == (2, 1 + 8, 32) and out.kept.shape == (2, 8)
     tower.eval()(x)
     assert seen[-1] == 1 + 16

@@ -30,6 +30,25 @@ def test_mask_keeps_floor_share_per_sample_and_never_the_class_token():
     noise = torch.rand(6, 10)
     expected = [tuple(sorted((noise[i].argsort()[:2] + 1).tolist())) for i in range(6)]
     assert kept == expected
+    # and the mask reports them: the patch positions (0-based) of the tokens in their order
+    assert torch.equal(mask.kept + 1, out[:, 1:, 0].long())
+
+
+def test_the_tower_output_names_the_kept_grid_positions():
+    """Under masking the output's ``kept [B, K]`` are the row-major grid positions of its content
+    tokens: the tokens entering the first block are the position-embedded patches at ``kept``."""
+    tower = _tower(0.5).train()
+    image = torch.randn(3, 3, 32, 32)
+    entering = []
+    tower.trunk.blocks[0].register_forward_pre_hook(lambda m, args: entering.append(args[0]))
+    out = tower(image)
+    assert out.grid == (4, 4) and out.kept.shape == (3, 8) and out.tokens.shape == (3, 1 + 8, 64)
+    t = tower.trunk
+    embedded = t._pos_embed(t.patch_embed(image))[:, 1:]  # [3, 16, 64], no dropout in the tiny ViT
+    at_kept = embedded.gather(1, out.kept[..., None].expand(-1, -1, 64))
+    assert torch.allclose(entering[0][:, 1:], at_kept)
+    assert all(len(set(row.tolist())) == 8 for row in out.kept)
+    assert tower.eval()(image).kept is None and tower(image).grid == (4, 4)
 
 
 def test_tower_masks_in_training_only():

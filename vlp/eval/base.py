@@ -1,10 +1,12 @@
 """The base of every eval task kind and the one JSON result format.
 
 A task is built like every other vlp part, from ``class_path`` / ``init_args`` (see
-vlp.eval.tasks.load_task). It reads the module through ``encode_image(images [B,3,H,W])
--> [B,E]`` and ``encode_text(tokens [B,L]) -> [B,E]`` (L2-normalised) and, for few-shot,
-``logit_scale(module)``. On several ranks every rank calls ``run`` with its rank: each
-runs the same number of forward passes and all return the one-process result.
+vlp.eval.tasks.load_task). It reads the module through ``module.embed(name, x) -> [B, E]``
+(L2-normalised) for the two names it compares (``embeddings``: ``image`` for the samples' images
+and ``text`` for texts by default; e.g. a second language's text tower, or an image name on both
+sides) and, for few-shot, ``module.similarity_scale(a, b)``. On several ranks every rank calls
+``run`` with its rank: each runs the same number of forward passes and all return the
+one-process result.
 """
 
 from __future__ import annotations
@@ -21,27 +23,13 @@ from vlp.errors import VLPError
 from vlp.eval.features import Features, extract_features
 
 
-def logit_scale(module) -> float:
-    """The first objective's temperature as its forward uses it: exp of its learnt
-    ``logit_scale``, clamped to ``[0, max_logit_scale]`` when it has one (100, CLIP's cap,
-    when no objective has a scale). Every rank must call it: a sharded scale is gathered."""
-    for objective in getattr(module, "objectives", []):
-        scale = getattr(objective, "logit_scale", None)
-        if isinstance(scale, torch.Tensor):
-            scale = scale.detach()
-            if hasattr(scale, "full_tensor"):  # a DTensor (FSDP2)
-                scale = scale.full_tensor()
-            top = getattr(objective, "max_logit_scale", None)
-            return float(scale.float().clamp(0, top).exp() if top is not None else scale.float().exp())
-    return 100.0
-
-
 class EvalRun:
     """One task's run on one rank: the module, the data side and how to split the work."""
 
     def __init__(self, module, data: EvalData, rank: int = 0, world: int = 1, batch_size: int = 256,
-                 autocast: Callable | None = None):
+                 autocast: Callable | None = None, embeddings: tuple[str, str] = ("image", "text")):
         self.module, self.data = module, data
+        self.embeddings = tuple(embeddings)
         self.rank, self.world = rank, world
         self.batch_size = batch_size
         self.autocast = autocast
@@ -50,7 +38,11 @@ class EvalRun:
                  holdout: Holdout | None = None) -> Features:
         return extract_features(self.module, shards, self.data, captions=captions, label_field=label_field,
                                 batch_size=self.batch_size, rank=self.rank, world=self.world, autocast=self.autocast,
-                                holdout=holdout)
+                                holdout=holdout, embeddings=self.embeddings)
+
+    def similarity_scale(self) -> float:
+        """The temperature the model scores its two embeddings with (vlp.module.VLPModule)."""
+        return self.module.similarity_scale(*self.embeddings)
 
 
 class EvalTask:
@@ -63,6 +55,8 @@ class EvalTask:
         holdout: evaluate only the samples of ``shards`` that this hold-out sets aside
             (``{fraction, seed}`` or a fraction, as ``data.holdout``; vlp.data.holdout): the
             validation set of a run that trained on ``shards`` with that hold-out.
+        embeddings: the model's names that embed the samples' images and the texts
+            (``module.embed(name, x)``): ``[image, text]``, or e.g. ``[image, text_zh]``.
 
     A kind sets ``kind`` (the result's ``kind``), ``headline`` (the metrics printed and put
     in tables) and ``evaluate``.
@@ -72,7 +66,11 @@ class EvalTask:
     headline: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, shards: str, name: str | None = None, description: str = "",
-                 holdout: float | dict | None = None):
+                 holdout: float | dict | None = None, embeddings: tuple[str, str] = ("image", "text")):
+        if len(embeddings) != 2 or not all(isinstance(e, str) and e for e in embeddings):
+            raise VLPError(f"embeddings names the two embeddings a task compares, e.g. [image, text]; got "
+                           f"{list(embeddings)}")
+        self.embeddings = tuple(embeddings)
         self.shards = shards
         self.name = name or type(self).__name__
         self.description = description
@@ -98,7 +96,8 @@ class EvalTask:
         was_training = module.training
         module.eval()
         try:
-            metrics, details, num_samples = self.evaluate(EvalRun(module, data, rank, world, batch_size, autocast))
+            metrics, details, num_samples = self.evaluate(EvalRun(module, data, rank, world, batch_size, autocast,
+                                                                  self.embeddings))
         finally:
             module.train(was_training)
         return {"task": self.name, "kind": self.kind, "dataset": self.dataset(), "metrics": metrics,

@@ -56,8 +56,9 @@ class Captioning(EvalTask):
 
     def __init__(self, shards: str, references: str | list[str] = "txt", strategy: Literal["greedy", "beam"] = "greedy",
                  num_beams: int = 4, max_length: int | None = None, examples: int = 5, name: str | None = None,
-                 description: str = "", holdout: float | dict | None = None):
-        super().__init__(shards, name, description, holdout)
+                 description: str = "", holdout: float | dict | None = None,
+                 embeddings: tuple[str, str] = ("image", "text")):
+        super().__init__(shards, name, description, holdout, embeddings)
         self.references = [references] if isinstance(references, str) else list(references)
         if not self.references:
             raise VLPError("references is empty: give the reference caption fields, e.g. [txt]")

@@ -34,9 +34,10 @@ class Features:
 @torch.no_grad()
 def extract_features(module, shards: str | list[str], data: EvalData, captions: list[str] = (),
                      label_field: str | None = None, batch_size: int = 256, rank: int = 0, world: int = 1,
-                     autocast: Callable | None = None, holdout: Holdout | None = None) -> Features:
-    """Embed ``shards`` with ``module.encode_image`` (and ``encode_text`` when ``captions`` are
-    given); with a ``holdout``, only their held-out samples (a validation set). With ``world > 1`` every rank must call this; every rank runs the same number of
+                     autocast: Callable | None = None, holdout: Holdout | None = None,
+                     embeddings: tuple[str, str] = ("image", "text")) -> Features:
+    """Embed ``shards`` with ``module.embed(embeddings[0], images)`` (and ``embeddings[1]`` on the
+    texts when ``captions`` are given); with a ``holdout``, only their held-out samples (a validation set). With ``world > 1`` every rank must call this; every rank runs the same number of
     forward passes, embeds its share and receives the whole set."""
     urls = expand_shards(shards) if isinstance(shards, str) else shards
     stream = EvalStream(urls, data.transform(), data.texts, batch_size, captions, label_field, rank, world,
@@ -46,9 +47,9 @@ def extract_features(module, shards: str | list[str], data: EvalData, captions: 
     index, images, texts, owners, labels = [], [], [], [], []
     for batch in loader:
         with autocast() if autocast else nullcontext():
-            images.append(module.encode_image(batch["image"].to(device)).float().cpu())
+            images.append(module.embed(embeddings[0], batch["image"].to(device)).float().cpu())
             if captions:  # decided by the task, not the batch: every rank encodes every batch's texts
-                texts.append(module.encode_text(batch["text"].to(device)).float().cpu())
+                texts.append(module.embed(embeddings[1], batch["text"].to(device)).float().cpu())
         index.append(batch["index"])
         owners.append(batch["text_owner"])
         labels += batch["label"]

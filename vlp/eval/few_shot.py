@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vlp.errors import VLPError
-from vlp.eval.base import EvalRun, EvalTask, labelled_train_test, logit_scale
+from vlp.eval.base import EvalRun, EvalTask, labelled_train_test
 from vlp.eval.metrics import classification_metrics
 from vlp.eval.templates import resolve_templates
 from vlp.eval.zeroshot import zeroshot_weights
@@ -123,8 +123,9 @@ class FewShot(EvalTask):
                  templates: str | list[str] = "imagenet80", shots: list[int] = (1, 5, 10), seeds: int = 3,
                  inits: list[str] = ("random", "text"), steps: int = 100, lr: float = 3e-3,
                  weight_decay: float = 0.0, name: str | None = None, description: str = "",
-                 holdout: float | dict | None = None):
-        super().__init__(shards, name, description, holdout)
+                 holdout: float | dict | None = None,
+                 embeddings: tuple[str, str] = ("image", "text")):
+        super().__init__(shards, name, description, holdout, embeddings)
         if not label_field:
             raise VLPError("label_field is empty")
         if not train_shards:
@@ -150,7 +151,8 @@ class FewShot(EvalTask):
 
     def evaluate(self, run: EvalRun) -> tuple[dict[str, float], dict, int]:
         test, train, classnames, y, train_y = labelled_train_test(self, run)
-        weights = zeroshot_weights(run.module, run.data, classnames, self.templates, run.rank, run.world).cpu()
-        metrics, details = few_shot(train.image, train_y, test.image, y, weights, logit_scale(run.module), self.shots,
+        weights = zeroshot_weights(run.module, run.data, classnames, self.templates, run.rank, run.world,
+                                   run.embeddings[1]).cpu()
+        metrics, details = few_shot(train.image, train_y, test.image, y, weights, run.similarity_scale(), self.shots,
                                     self.seeds, self.inits, self.steps, self.lr, self.weight_decay)
         return metrics, {**details, "num_classes": len(classnames), "num_train_samples": len(train)}, len(test)

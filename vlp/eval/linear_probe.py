@@ -83,8 +83,9 @@ class LinearProbe(EvalTask):
     def __init__(self, shards: str, label_field: str, train_shards: str, classnames: list[str] | None = None,
                  val_fraction: float = 0.2, weight_decays: list[float] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
                  name: str | None = None, description: str = "",
-                 holdout: float | dict | None = None):
-        super().__init__(shards, name, description, holdout)
+                 holdout: float | dict | None = None,
+                 embeddings: tuple[str, str] = ("image", "text")):
+        super().__init__(shards, name, description, holdout, embeddings)
         if not label_field:
             raise VLPError("label_field is empty")
         if not train_shards:

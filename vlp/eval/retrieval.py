@@ -71,8 +71,9 @@ class Retrieval(EvalTask):
     headline = ("image_to_text_R@1", "image_to_text_R@5", "text_to_image_R@1", "text_to_image_R@5")
 
     def __init__(self, shards: str, captions: str | list[str] = "txt", name: str | None = None,
-                 description: str = "", holdout: float | dict | None = None):
-        super().__init__(shards, name, description, holdout)
+                 description: str = "", holdout: float | dict | None = None,
+                 embeddings: tuple[str, str] = ("image", "text")):
+        super().__init__(shards, name, description, holdout, embeddings)
         self.captions = [captions] if isinstance(captions, str) else list(captions)
         if not self.captions:
             raise VLPError("captions is empty: give the caption fields, e.g. [txt]")

@@ -41,13 +41,14 @@ def zeroshot_classifier(
 
 @torch.no_grad()
 def zeroshot_weights(module, data: EvalData, classnames: list[str], templates: list[str],
-                     rank: int = 0, world: int = 1) -> torch.Tensor:
+                     rank: int = 0, world: int = 1, text: str = "text") -> torch.Tensor:
     """``[C, E]`` zero-shot classifier. Class ``c`` is embedded by rank ``c % world``; every rank
     embeds ``ceil(C / world)`` classes (one short: its last class again, or class 0), so all
-    run the same number of forward passes; the classes are gathered on every rank."""
+    run the same number of forward passes; the classes are gathered on every rank. ``text``: the
+    model's name that embeds the prompts (``module.embed``)."""
     mine = list(range(rank, len(classnames), world))
     padded = mine + [mine[-1] if mine else 0] * (share_size(len(classnames), world) - len(mine))
-    local = zeroshot_classifier(module.encode_text, data.texts, [classnames[i] for i in padded], templates,
+    local = zeroshot_classifier(lambda ids: module.embed(text, ids), data.texts, [classnames[i] for i in padded], templates,
                                 module.device, fill=fill)
     out = [None] * len(classnames)
     for idx, weights in gather_objects((mine, local[: len(mine)].cpu())):
@@ -68,13 +69,13 @@ def set_labels(shards: list[str], label_field: str, holdout: Holdout | None = No
 
 @torch.no_grad()
 def decoder_scores(run: EvalRun, shards: list[str], classnames: list[str], templates: list[str],
-                   objective: str | None = None, holdout: Holdout | None = None) -> torch.Tensor:
+                   decoder: str = "decoder", holdout: Holdout | None = None) -> torch.Tensor:
     """``[N, C]`` scores of the set's images in set order: per class, the mean
     over templates of the log-likelihood the captioning decoder gives the filled template
     (vlp.generation.Captioner.log_likelihood). Each rank scores its equal share."""
     from vlp.generation import Captioner
 
-    captioner = Captioner(run.module, objective)
+    captioner = Captioner(run.module, decoder)
     prompts = run.data.tokenizer([fill(t, c) for c in classnames for t in templates])  # class-major
     stream = EvalStream(shards, run.data.transform(), run.data.tokenizer, run.batch_size, (), None, run.rank,
                         run.world, holdout=holdout)
@@ -112,9 +113,9 @@ class ZeroShotClassification(EvalTask):
         classnames: the classes, in order; None = the sorted labels found.
         templates: the prompts: a set (``imagenet80``, ``imagenet7``, ``emoji``, ``name``), a
             list with ``{}`` for the class name, or a ``.txt`` / ``.yaml`` file.
-        scorer: ``contrastive`` (the embeddings) or ``decoder`` (the captioning objective's
-            decoder; vlp.objectives.CaptioningLoss).
-        objective: with ``scorer: decoder``, the captioning objective's name (None: the only one).
+        scorer: ``contrastive`` (the embeddings) or ``decoder`` (the model's caption decoder, a
+            head: vlp.heads.CaptionDecoder).
+        decoder: with ``scorer: decoder``, the decoder's name in ``model.heads``.
         name: the task's name in results (default: the task file's name).
         description: what the task measures.
         holdout: only the samples of ``shards`` this hold-out sets aside (vlp.eval.EvalTask).
@@ -127,9 +128,10 @@ class ZeroShotClassification(EvalTask):
 
     def __init__(self, shards: str, label_field: str, classnames: list[str] | None = None,
                  templates: str | list[str] = "imagenet80", scorer: Literal["contrastive", "decoder"] = "contrastive",
-                 objective: str | None = None, name: str | None = None, description: str = "",
-                 holdout: float | dict | None = None):
-        super().__init__(shards, name, description, holdout)
+                 decoder: str = "decoder", name: str | None = None, description: str = "",
+                 holdout: float | dict | None = None,
+                 embeddings: tuple[str, str] = ("image", "text")):
+        super().__init__(shards, name, description, holdout, embeddings)
         if not label_field:
             raise VLPError("label_field is empty")
         if scorer not in ("contrastive", "decoder"):
@@ -137,7 +139,7 @@ class ZeroShotClassification(EvalTask):
         self.label_field = label_field
         self.classnames = classnames
         self.templates = resolve_templates(templates)
-        self.scorer, self.objective = scorer, objective
+        self.scorer, self.decoder = scorer, decoder
 
     def evaluate(self, run: EvalRun) -> tuple[dict[str, float], dict, int]:
         if self.scorer == "decoder":
@@ -145,12 +147,13 @@ class ZeroShotClassification(EvalTask):
             labels = set_labels(urls, self.label_field, self.holdout)
             classnames = self.classnames or sorted(set(map(str, labels)))
             y = label_ids(self, labels, classnames, "test")
-            scores = decoder_scores(run, urls, classnames, self.templates, self.objective, self.holdout)
+            scores = decoder_scores(run, urls, classnames, self.templates, self.decoder, self.holdout)
             if len(scores) != len(y):
                 raise VLPError(f"task {self.name}: scored {len(scores)} images of {len(y)} labelled samples")
             return classification_metrics(scores, y), {"num_classes": len(classnames), "scorer": "decoder"}, len(y)
         feats = run.features(self.shards, label_field=self.label_field, holdout=self.holdout)
         classnames = self.classnames or sorted(set(map(str, feats.labels)))
         y = label_ids(self, feats.labels, classnames, "test")
-        weights = zeroshot_weights(run.module, run.data, classnames, self.templates, run.rank, run.world).cpu()
+        weights = zeroshot_weights(run.module, run.data, classnames, self.templates, run.rank, run.world,
+                                   run.embeddings[1]).cpu()
         return classification_metrics(feats.image @ weights.T, y), {"num_classes": len(classnames)}, len(feats)

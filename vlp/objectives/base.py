@@ -17,16 +17,21 @@ class Objective(nn.Module):
         weight: factor of this loss in the total.
         name: the name under which the loss is logged (``train/<name>_loss``).
 
-    Class attributes:
+    Attributes (set per instance from the names an objective is given, e.g.
+    ``ContrastiveLoss(a="image", b="text")``; a class attribute serves as the default):
         reads: the tower outputs the objective reads, as ``NAME.PART`` with NAME a tower or
             shared name of the module and PART a TowerOutput field (``image.pooled``,
             ``text.tokens``, ``views.features``). The module computes exactly these: tokens
             only when some objective reads them, a name only when some objective reads it.
-        fields: batch fields the objective reads itself (beyond the towers' inputs).
+        fields: names of batch fields the objective reads itself (beyond the towers' inputs);
+            the module maps each to its field (``model.inputs``, a name reads the field of
+            its own name unless mapped).
 
-    ``forward(outputs, batch)`` gets ``{NAME: TowerOutput}`` and the batch and returns
-    ``(loss, metrics)``. Objectives may own modules (a projector, a decoder); ``attach`` gives
-    them the towers by name once, e.g. to size a projector on a tower's width.
+    ``forward(outputs, batch)`` gets ``{NAME: TowerOutput}`` and the batch as a mapping from
+    names to fields (vlp.module.FieldView: ``batch["text"]`` is the field the name ``text``
+    reads) and returns ``(loss, metrics)``. Objectives may own modules (a projector); modules
+    that inference uses too belong to the module's named heads. ``attach`` gives them the
+    towers (and heads) by name once, e.g. to size a projector on a tower's width.
     """
 
     reads: frozenset[str] = frozenset({"image.pooled", "text.pooled"})
@@ -41,8 +46,25 @@ class Objective(nn.Module):
     def forward(self, outputs: Mapping[str, TowerOutput], batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    heads_used: tuple[str, ...] = ()  # names of the module's heads it trains (``model.heads``)
+
     def attach(self, towers: Mapping[str, nn.Module]) -> None:
-        """Called once by VLPModule with the towers by name (shared names included)."""
+        """Called once by VLPModule with the towers by name (shared names included), after
+        ``bind_heads``."""
+
+    def bind_heads(self, heads: Mapping[str, nn.Module]) -> None:
+        """The module's heads this objective uses (``heads_used``), by name. Kept outside the
+        objective's own modules: a head's parameters belong to ``model.heads`` alone."""
+        self.__dict__["_heads"] = dict(heads)
+
+    def head(self, name: str) -> nn.Module:
+        heads = self.__dict__.get("_heads") or {}
+        if name not in heads:
+            from vlp.errors import VLPError
+
+            raise VLPError(f"objective {self.name} has no head {name!r}: it is given its heads when the module is "
+                           "built (model.heads)")
+        return heads[name]
 
 
 def check_embed_dims(objective: Objective, towers: Mapping[str, nn.Module], names: tuple[str, ...]) -> None:

@@ -10,7 +10,6 @@ from vlp.data.text_spec import TextSpec
 from vlp.errors import VLPError
 from vlp.objectives.base import Objective
 from vlp.distributed import rank_and_world
-from vlp.towers.caption_decoder import CaptionDecoder
 from vlp.towers.output import TowerOutput
 
 
@@ -53,26 +52,26 @@ def global_caption_loss(logits: torch.Tensor, labels: torch.Tensor, pad_id: int,
 
 
 class CaptioningLoss(Objective):
-    """The captioning half of CoCa; it owns the multimodal decoder (vlp.towers.caption_decoder).
+    """The captioning half of CoCa: it trains the module's caption decoder, a named head
+    (vlp.heads.CaptionDecoder, ``model.heads: {decoder: ...}``).
 
     The decoder reads the text tower's token states (a vlp.towers.CoCaTextTower: its
-    unimodal layers) at positions ``0 .. L-2`` and cross-attends to the image tower's tokens
-    (a vlp.towers.CoCaImageTower: its attentional pooler's decoder queries); its logits at
-    position ``t`` predict the caption's token ``t + 1`` (teacher forcing, as open_clip's CoCa:
-    ``labels = text[:, 1:]``). The loss is the mean cross-entropy over the labels that are not
-    the text spec's pad id. Across ranks it is the mean over the tokens of the whole batch
+    unimodal layers) at positions ``0 .. L-2`` and cross-attends to the image tower's pooler
+    queries (a vlp.towers.CoCaImageTower's ``queries``); its logits at position ``t`` predict
+    the caption's token ``t + 1`` (teacher forcing, as open_clip's CoCa: ``labels =
+    text[:, 1:]``). The loss is the mean cross-entropy over the labels that are not the text
+    spec's pad id. Across ranks it is the mean over the tokens of the whole batch
     (``global_caption_loss``: the strategy's gradient average is the one-process gradient, and
     the value logged is the whole batch's mean).
 
-    Reads ``image.tokens`` (with ``image.token_mask``) and ``text.tokens``, and the batch field
-    ``text`` (the ids, for the labels). CoCa's total is ``contrastive + 2 * captioning``
-    (Yu et al. 2022, sec. 4: lambda_Con 1, lambda_Cap 2; open_clip's defaults): ``weight``
-    defaults to 2.
+    Reads what its decoder reads (by default ``image.queries`` and ``text.tokens``) and the
+    batch field of the decoder's text name (the ids, for the labels). CoCa's total is
+    ``contrastive + 2 * captioning`` (Yu et al. 2022, sec. 4: lambda_Con 1, lambda_Cap 2;
+    open_clip's defaults): ``weight`` defaults to 2.
 
     Args:
         weight, name: see Objective.
-        layers, heads, mlp_ratio: the decoder's shape (its width is the text tower's; open_clip's
-            coca_ViT-B-32: 12 layers, 8 heads).
+        decoder: the name of the caption decoder in ``model.heads``.
         label_smoothing: cross-entropy label smoothing (0 as open_clip's CoCaLoss).
         pad_id: the padding id; None (default) = the tokenizer's, adopted from its spec by
             ``bind_text_spec`` (until then 0). A value given here must equal the tokenizer's.
@@ -80,50 +79,33 @@ class CaptioningLoss(Objective):
     Generation (greedy, beam, sampling with a key/value cache) is vlp.generation.Captioner.
     """
 
-    reads = frozenset({"image.tokens", "text.tokens"})
-    fields = frozenset({"text"})
     default_name = "caption"
 
-    def __init__(self, weight: float = 2.0, name: str | None = None, layers: int = 12, heads: int = 8,
-                 mlp_ratio: float = 4.0, label_smoothing: float = 0.0, pad_id: int | None = None):
+    def __init__(self, weight: float = 2.0, name: str | None = None, decoder: str = "decoder",
+                 label_smoothing: float = 0.0, pad_id: int | None = None):
         super().__init__(weight, name)
         if not 0.0 <= label_smoothing < 1.0:
             raise VLPError(f"CaptioningLoss label_smoothing must be in [0, 1), got {label_smoothing}")
-        self.layers, self.heads, self.mlp_ratio = layers, heads, mlp_ratio
+        self.decoder_name = decoder
+        self.heads_used = (decoder,)
         self.label_smoothing = label_smoothing
         self.pad_id_given = pad_id
         self.pad_id = 0 if pad_id is None else pad_id
         self.text_spec: TextSpec | None = None
-        self.decoder: CaptionDecoder | None = None
-        self.context_length: int | None = None  # the text tower's, set by attach
+
+    @property
+    def decoder(self):
+        return self.head(self.decoder_name)
 
     def attach(self, towers) -> None:
-        text, image = towers.get("text"), towers.get("image")
-        if text is None or image is None:
-            raise VLPError(f"objective {self.name} reads the towers image and text (the names: {sorted(towers)})")
-        needs = [a for a in ("width", "vocab_size", "context_length") if not isinstance(getattr(text, a, None), int)]
-        if needs:
-            raise VLPError(f"objective {self.name} needs a text tower with {', '.join(needs)} "
-                           "(vlp.towers.CoCaTextTower)")
-        if getattr(text, "causal", True) is False:
-            raise VLPError(f"objective {self.name} needs a causal text tower: a bidirectional one lets each "
-                           "position see the token it is to predict")
-        if not isinstance(getattr(image, "width", None), int):
-            raise VLPError(f"objective {self.name} needs an image tower that reports its token width")
-        try:
-            self.decoder = CaptionDecoder(text.width, self.layers, self.heads, text.vocab_size, image.width,
-                                          self.mlp_ratio)
-        except ValueError as e:
-            raise VLPError(f"objective {self.name}: {e}") from None
-        self.context_length = text.context_length
+        decoder = self.decoder
+        self.reads = frozenset({f"{decoder.image}.{decoder.image_part}", f"{decoder.text}.tokens"})
+        self.fields = frozenset({decoder.text})
 
     def bind_text_spec(self, spec: TextSpec) -> None:
-        """Ignore the tokenizer's pad id; refuse a pad id that is also the end-of-text id (the
-        decoder must learn to stop) or a vocabulary larger than the decoder's head."""
-        if self.decoder is not None:
-            spec.check_part(vocab_size=self.decoder.vocab_size, pad_id=self.pad_id_given)
-        else:
-            spec.check_part(pad_id=self.pad_id_given)
+        """Adopt the tokenizer's pad id; refuse a pad id that is also the end-of-text id (the
+        decoder must learn to stop)."""
+        spec.check_part(pad_id=self.pad_id_given)
         if spec.eos_id is None or spec.bos_id is None:
             raise VLPError("captioning needs a tokenizer with start and end-of-text ids")
         if spec.pad_id in (spec.eos_id, spec.bos_id):
@@ -133,9 +115,10 @@ class CaptioningLoss(Objective):
         self.text_spec = spec
 
     def forward(self, outputs: dict[str, TowerOutput], batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        ids = batch["text"]
-        image, text = outputs["image"], outputs["text"]
-        logits = self.decoder(text.tokens[:, :-1], image.tokens, image.token_mask)
+        decoder = self.decoder
+        ids = batch[decoder.text]
+        image, text = outputs[decoder.image], outputs[decoder.text]
+        logits = decoder(text.tokens[:, :-1], *decoder.context(image))
         labels = ids[:, 1:]
         real = labels != self.pad_id
         loss = global_caption_loss(logits, labels, self.pad_id, self.label_smoothing)

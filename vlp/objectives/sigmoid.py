@@ -20,7 +20,7 @@ class SigmoidLoss(Objective):
     images, as big_vision). ``t = exp(logit_scale)`` with ``logit_scale`` initialised to
     ``ln 10`` and the bias ``b`` to ``-10``, both learned; ``logit_scale`` is clamped to
     ``[0, max_logit_scale]`` where it is used (open_clip clamps it in place after each step).
-    Reads ``image.pooled`` and ``text.pooled``, L2-normalised here.
+    Reads ``a.pooled`` and ``b.pooled`` (by default ``image`` and ``text``), L2-normalised here.
 
     Under several ranks each rank scores its own images against the texts of all ranks,
     gathered with gradient, so the loss and gradients equal those of one process on the
@@ -28,6 +28,7 @@ class SigmoidLoss(Objective):
 
     Args:
         weight, name: see Objective.
+        a, b: the names whose embeddings it scores (as ContrastiveLoss).
         init_logit_scale: initial ``logit_scale`` (``ln 10``).
         init_logit_bias: initial bias (``-10``).
         max_logit_scale: upper clamp of ``logit_scale``.
@@ -35,21 +36,33 @@ class SigmoidLoss(Objective):
 
     default_name = "sigmoid"
 
-    def __init__(self, weight: float = 1.0, name: str | None = None, init_logit_scale: float = math.log(10),
-                 init_logit_bias: float = -10.0, max_logit_scale: float = math.log(100)):
+    def __init__(self, weight: float = 1.0, name: str | None = None, a: str = "image", b: str = "text",
+                 init_logit_scale: float = math.log(10), init_logit_bias: float = -10.0,
+                 max_logit_scale: float = math.log(100)):
         super().__init__(weight, name)
+        self.a, self.b = a, b
+        self.reads = frozenset({f"{a}.pooled", f"{b}.pooled"})
         self.logit_scale = nn.Parameter(torch.tensor([float(init_logit_scale)]))
         self.logit_bias = nn.Parameter(torch.tensor([float(init_logit_bias)]))
         self.max_logit_scale = max_logit_scale
 
+    @property
+    def compares(self) -> tuple[str, str]:
+        """The names whose embeddings it scores against each other (eval asks for its scale)."""
+        return self.a, self.b
+
+    def scale(self) -> torch.Tensor:
+        """The temperature as the loss uses it: ``exp(logit_scale)`` clamped, 0-d."""
+        return self.logit_scale.clamp(0, self.max_logit_scale).exp().squeeze(0)  # [1] (FSDP2 shards no 0-d tensor)
+
     def attach(self, towers) -> None:
-        check_embed_dims(self, towers, ("image", "text"))
+        check_embed_dims(self, towers, (self.a, self.b))
 
     def forward(self, outputs: dict[str, TowerOutput], batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        image, text = F.normalize(outputs["image"].pooled, dim=-1), F.normalize(outputs["text"].pooled, dim=-1)
+        image, text = F.normalize(outputs[self.a].pooled, dim=-1), F.normalize(outputs[self.b].pooled, dim=-1)
         rank, _ = rank_and_world()
         all_text = all_gather_with_grad(text)
-        scale = self.logit_scale.clamp(0, self.max_logit_scale).exp().squeeze(0)  # [1] (FSDP2 shards no 0-d tensor)
+        scale = self.scale()
         bias = self.logit_bias.squeeze(0)
         logits = scale * image @ all_text.T + bias  # [B_local, B_total]
         labels = -torch.ones_like(logits)

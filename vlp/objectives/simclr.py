@@ -24,8 +24,8 @@ def slip_mlp(in_dim: int, mlp_dim: int, out_dim: int, batch_norm: bool = True) -
 class SimCLRLoss(Objective):
     """NT-Xent over two augmented views of every image.
 
-    The views (``batch["views"]``, made by the DataModule with ``data.ssl_views: true``) go
-    through the image tower shared under the name ``views`` (``model.share: {views: image}``);
+    The views (``batch["views"]``, ``[B, 2, 3, H, W]``) go through the image tower shared under
+    the name ``views`` (``model.share: {views: image}``);
     its pooled features (before the CLIP projection) go
     through a 3-layer MLP with batch norm (SLIP: 4096 hidden, 256 out), are normalised, and
     ``loss = (CE([a b^T, a a^T - big I] / t, y) + CE([b a^T, b b^T - big I] / t, y)) / 2``
@@ -36,32 +36,34 @@ class SimCLRLoss(Objective):
 
     Args:
         weight, name: see Objective.
+        views: the name that encodes the two views (a name sharing the image tower).
         mlp_dim, out_dim: projector hidden and output sizes.
         temperature: NT-Xent temperature.
         batch_norm: BN in the projector (SLIP); False is for tests that compare ranks.
     """
 
-    reads = frozenset({"views.features"})
     default_name = "simclr"
 
-    def __init__(self, weight: float = 1.0, name: str | None = None, mlp_dim: int = 4096, out_dim: int = 256,
-                 temperature: float = 0.1, batch_norm: bool = True):
+    def __init__(self, weight: float = 1.0, name: str | None = None, views: str = "views", mlp_dim: int = 4096,
+                 out_dim: int = 256, temperature: float = 0.1, batch_norm: bool = True):
         super().__init__(weight, name)
+        self.views = views
+        self.reads = frozenset({f"{views}.features"})
         self.mlp_dim, self.out_dim, self.batch_norm = mlp_dim, out_dim, batch_norm
         self.temperature = temperature
         self.mlp: nn.Module | None = None
 
     def attach(self, towers) -> None:
-        if "views" not in towers:
-            raise VLPError("SimCLRLoss reads the tower of `views`: share the image tower with model.share: "
-                           "{views: image}")
-        width = getattr(towers["views"], "width", None)
+        if self.views not in towers:
+            raise VLPError(f"SimCLRLoss reads the tower of `{self.views}`: share the image tower with model.share: "
+                           f"{{{self.views}: image}}")
+        width = getattr(towers[self.views], "width", None)
         if width is None:
             raise VLPError("SimCLRLoss needs an image tower that reports its feature width (TimmImageTower)")
         self.mlp = slip_mlp(width, self.mlp_dim, self.out_dim, self.batch_norm)
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        features = outputs["views"].features  # [B, 2, width]
+        features = outputs[self.views].features  # [B, 2, width]
         q_a = F.normalize(self.mlp(features[:, 0]), dim=-1)
         q_b = F.normalize(self.mlp(features[:, 1]), dim=-1)
         return nt_xent(q_a, q_b, self.temperature)

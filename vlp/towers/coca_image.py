@@ -18,15 +18,16 @@ class CoCaImageTower(TimmImageTower):
     ``attentional_pool='parallel'``): ``pool_queries`` learned queries make the tokens the
     captioning decoder attends to, one more query makes the contrastive embedding.
 
-    Output (TowerOutput): ``tokens [B, pool_queries, pool_width]`` (all real: ``token_mask``
-    all True, no prefix tokens), ``features [B, pool_width]`` the contrastive query's output,
-    ``pooled [B, embed_dim]`` its projection. The trunk's tokens arrive normalised (timm's
-    final norm) and both pooled outputs pass one more shared LayerNorm: open_clip's original
-    CoCa (one pooler) normalises after it, its ``parallel`` mode before the poolers only
-    (benchmarks/open_clip_coca.py maps these weights onto open_clip's CoCa exactly by adding
-    the after-pool norm there). ``tokens=False`` skips the decoder pooler (same
-    ``pooled``). So ContrastiveLoss reads ``image.pooled`` unchanged and CaptioningLoss reads
-    ``image.tokens``.
+    Output (TowerOutput): ``extra["queries"] [B, pool_queries, pool_width]`` (read as
+    ``image.queries``: what the caption decoder attends to), ``features [B, pool_width]`` the
+    contrastive query's output, ``pooled [B, embed_dim]`` its projection, and the trunk's
+    ``tokens`` with their grid as vlp.towers.TimmImageTower gives them. The trunk's tokens
+    arrive normalised (timm's final norm) and both pooled outputs pass one more shared
+    LayerNorm: open_clip's original CoCa (one pooler) normalises after it, its ``parallel``
+    mode before the poolers only (benchmarks/open_clip_coca.py maps these weights onto
+    open_clip's CoCa exactly by adding the after-pool norm there). ``tokens=False`` skips the
+    decoder pooler (same ``pooled``). So ContrastiveLoss reads ``image.pooled`` unchanged and
+    the caption decoder (vlp.heads.CaptionDecoder) ``image.queries``.
 
     Args:
         pool_queries: decoder queries (CoCa and open_clip: 256).
@@ -37,6 +38,8 @@ class CoCaImageTower(TimmImageTower):
             pretrained trunk with ``pretrained_path``, ``model_kwargs``, ...); ``init_from``
             (a vlp checkpoint) is not supported here.
     """
+
+    extra_parts = frozenset({"queries"})
 
     def __init__(self, model_name: str, embed_dim: int = 512, pool_queries: int = 256, pool_heads: int = 8,
                  pool_width: int | None = None, **kwargs):
@@ -49,7 +52,8 @@ class CoCaImageTower(TimmImageTower):
         if pool_queries < 1:
             raise VLPError(f"pool_queries must be >= 1, got {pool_queries}")
         trunk_width = self.width
-        self.width = pool_width or embed_dim  # of features and tokens
+        self.width = pool_width or embed_dim  # of features and queries
+        self.queries_width = self.width
         try:
             self.attn_pool = AttentionalPooler(self.width, trunk_width, pool_heads, pool_queries)
             self.attn_pool_contrastive = AttentionalPooler(self.width, trunk_width, pool_heads, 1)
@@ -60,18 +64,12 @@ class CoCaImageTower(TimmImageTower):
         if isinstance(self.proj, nn.Linear):
             nn.init.normal_(self.proj.weight, std=trunk_width**-0.5)  # open_clip: scale = width ** -0.5
 
-    @property
-    def prefix_tokens(self) -> int:
-        return 0  # the tokens are pooler queries
-
     def forward(self, image: torch.Tensor, tokens: bool = True) -> TowerOutput:
-        hidden = self.trunk.forward_features(image)
-        if hidden.ndim == 4:  # a CNN's feature map
-            hidden = hidden.flatten(2).transpose(1, 2)
+        trunk_out = self.trunk.forward_features(image)
+        hidden = trunk_out.flatten(2).transpose(1, 2) if trunk_out.ndim == 4 else trunk_out  # a CNN's map
         features = self.ln_post(self.attn_pool_contrastive(hidden)[:, 0])
         pooled = self.proj(features)
         if not tokens:
             return TowerOutput(pooled, features)
         queries = self.ln_post(self.attn_pool(hidden))
-        mask = torch.ones(queries.shape[:2], dtype=torch.bool, device=queries.device)
-        return TowerOutput(pooled, features, queries, mask)
+        return TowerOutput(pooled, features, **self.token_outputs(trunk_out, image), extra={"queries": queries})

@@ -20,12 +20,17 @@ class PatchMask(nn.Module):
 
     The noise is drawn for all ranks at once from the process RNG and each rank takes its
     own slice, so ranks mask differently while the draw stays reproducible and resumable.
+
+    ``kept [B, K]``: after each forward, the patch positions (indices into the ``N`` patches)
+    that each sample kept, in the order the tokens now have; None when nothing was dropped. The
+    tower reports them as its output's ``kept``.
     """
 
     def __init__(self, ratio: float = 0.0, num_prefix_tokens: int = 1):
         super().__init__()
         self.ratio = ratio
         self.num_prefix_tokens = num_prefix_tokens
+        self.kept: torch.Tensor | None = None
 
     @property
     def ratio(self) -> float:
@@ -41,6 +46,7 @@ class PatchMask(nn.Module):
         return max(1, int(num_patches * (1.0 - self.ratio)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.kept = None
         if not self.training or self.ratio == 0.0:
             return x
         prefix, patches = x[:, : self.num_prefix_tokens], x[:, self.num_prefix_tokens :]
@@ -48,6 +54,7 @@ class PatchMask(nn.Module):
         rank, world = rank_and_world()
         noise = torch.rand(world, batch, num, device=x.device)[rank]
         keep = noise.argsort(dim=1)[:, : self.keep_count(num)]
+        self.kept = keep
         patches = patches.gather(1, keep.unsqueeze(-1).expand(-1, -1, dim))
         return torch.cat([prefix, patches], dim=1)
 

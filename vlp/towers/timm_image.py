@@ -82,8 +82,10 @@ class TimmImageTower(nn.Module):
             ``set_grad_checkpointing(enable)`` switches it later.
 
     Input ``[B, 3, H, W]``; output (TowerOutput) ``pooled [B, embed_dim]``, ``features [B, width]``
-    (pooled, before the projection), ``tokens [B, N, width]`` (``forward_features``; a CNN's map
-    flattened) with ``token_mask`` (all True) and ``prefix_tokens`` (timm's ``num_prefix_tokens``).
+    (pooled, before the projection), ``tokens [B, N, tokens_width]`` (``forward_features``; a
+    CNN's map flattened) with ``token_mask`` (all True), ``prefix_tokens`` (timm's
+    ``num_prefix_tokens``), the patch ``grid`` ``(h, w)`` (a CNN's map size) and, under FLIP
+    masking, the ``kept`` grid positions.
     """
 
     input_ndim = 4  # [B, 3, H, W]
@@ -128,6 +130,7 @@ class TimmImageTower(nn.Module):
         if grad_checkpointing:
             self.set_grad_checkpointing(True)
         self.width = self.trunk.num_features
+        self.tokens_width = self.width  # of ``tokens`` (a pooler may make ``features`` of another width)
         self.proj = make_projection(proj, self.width, embed_dim)
         if init == "clip" and pretrained_path is None and init_from is None:
             clip_init(self.trunk, self.width)
@@ -280,8 +283,23 @@ class TimmImageTower(nn.Module):
         features = t.forward_head(hidden, pre_logits=True)
         if not tokens:
             return TowerOutput(self.proj(features), features, prefix_tokens=self.prefix_tokens)
+        return TowerOutput(self.proj(features), features, **self.token_outputs(hidden, image))
+
+    def token_outputs(self, hidden: torch.Tensor, image: torch.Tensor) -> dict:
+        """The trunk's ``forward_features`` output as TowerOutput's token fields: ``tokens [B, N,
+        W]`` (a CNN's map ``[B, C, h, w]`` flattened row-major), ``token_mask``,
+        ``prefix_tokens``, ``grid`` and (FLIP) ``kept``."""
         if hidden.ndim == 4:  # a CNN's feature map
+            grid = tuple(hidden.shape[2:])
             hidden = hidden.flatten(2).transpose(1, 2)
+        else:  # a ViT's patch embedding (a Mixer's stem) knows the grid of an image of this size
+            embed = getattr(self.trunk, "patch_embed", None) or getattr(self.trunk, "stem", None)
+            if callable(getattr(embed, "dynamic_feat_size", None)):
+                grid = tuple(embed.dynamic_feat_size(tuple(image.shape[-2:])))
+            else:
+                grid = tuple(embed.grid_size) if getattr(embed, "grid_size", None) is not None else None
         mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
-        return TowerOutput(self.proj(features), features, hidden, mask, self.prefix_tokens)
+        kept = self.mask.kept if self.mask is not None else None
+        return {"tokens": hidden, "token_mask": mask, "prefix_tokens": self.prefix_tokens, "grid": grid,
+                "kept": kept}
 
