@@ -99,9 +99,9 @@ def test_caption_and_eval_read_a_sharded_directory_directly(coca, tmp_path, caps
 
 
 def main_eval(argv):
-    from vlp.eval.command import eval_main
+    from vlp.commands.eval import main
 
-    return eval_main(argv)
+    return main(argv)
 
 
 def test_strategies_refuse_checkpoints_they_cannot_resume(coca):

@@ -1,4 +1,5 @@
-"""`vlp convert`: one ordinary checkpoint file out of a sharded checkpoint directory.
+"""`vlp convert`: one ordinary checkpoint file out of a sharded checkpoint directory (the
+command line: vlp.commands.convert).
 
     vlp convert runs/clip_tiny/version_0/checkpoints/last.ckpt clip_tiny_last.ckpt
 
@@ -15,26 +16,9 @@ directly (consolidated in memory).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-import torch
-
 from vlp.errors import VLPError
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise VLPError(f"convert: {message}")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="vlp convert", description="Consolidate a sharded (DeepSpeed / FSDP2) checkpoint directory "
-                "into one checkpoint file for vlp eval, vlp caption and load_from_checkpoint.")
-    p.add_argument("checkpoint", metavar="CKPT_DIR", help="a DeepSpeed or FSDP2 checkpoint directory (e.g. last.ckpt/)")
-    p.add_argument("out", metavar="OUT.ckpt", help="the checkpoint file to write")
-    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    return p
 
 
 def convert(source, out, overwrite: bool = False) -> dict:
@@ -53,18 +37,4 @@ def convert(source, out, overwrite: bool = False) -> dict:
         raise VLPError(f"convert: {out} exists (--overwrite replaces it)")
     ckpt = consolidate(source)
     AtomicCheckpointIO().save_checkpoint(ckpt, out)
-    return ckpt
-
-
-def convert_main(argv: list[str]) -> dict:
-    args = build_parser().parse_args(argv)
-    ckpt = convert(args.checkpoint, args.out, args.overwrite)
-    state = ckpt["state_dict"]
-    numel = sum(v.numel() for v in state.values() if torch.is_tensor(v))
-    facts = ckpt["vlp"]["consolidated_from"]
-    world = facts.get("world_size")
-    processes = f", {world} process{'es' if world > 1 else ''}" if world else ""
-    print(f"{args.checkpoint} ({facts['kind']}{processes}, step {ckpt.get('global_step')}, "
-          f"recipe {ckpt['vlp'].get('recipe') or 'unknown'}) -> {args.out}: {len(state)} tensors, "
-          f"{numel / 1e6:.2f}M values")
     return ckpt

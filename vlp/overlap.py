@@ -42,10 +42,8 @@ takes to leave them out of training.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import fnmatch
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -419,64 +417,3 @@ def markdown_report(report: dict) -> str:
         out.append(f"Eval images of `{e['name']}` by pHash distance to their nearest training image "
                    f"(up to 16 bits): {hist or 'none'}.\n")
     return "\n".join(out)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise VLPError(f"overlap: {message}")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="vlp overlap", description="Near-duplicates between training and eval images "
-                "(perceptual hash; with --ckpt also image embeddings), per eval set.")
-    p.add_argument("--train", required=True, metavar="SHARDS",
-                   help="the training shards (path, brace or glob pattern, builtin:..., a::b)")
-    p.add_argument("--eval", action="append", default=[], metavar="TASK_OR_SHARDS",
-                   help="a built-in task, a pattern over them ('emoji_*'), a task YAML, or shards (repeatable)")
-    p.add_argument("--threshold", type=int, default=PHASH_THRESHOLD,
-                   help=f"largest pHash Hamming distance (of 64 bits) of a near-duplicate (default {PHASH_THRESHOLD})")
-    p.add_argument("--ckpt", help="also compare the image embeddings of this checkpoint")
-    p.add_argument("--cosine", type=float, default=COSINE_THRESHOLD,
-                   help=f"smallest embedding cosine of a near-duplicate, with --ckpt (default {COSINE_THRESHOLD})")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch_size", type=int, default=256, help="images per forward pass, with --ckpt")
-    p.add_argument("--examples", type=int, default=5, help="matches listed per eval set (default 5)")
-    p.add_argument("--out", metavar="DIR", help="write DIR/overlap.json and DIR/overlap.md")
-    p.add_argument("--write-exclusions", metavar="FILE",
-                   help="write the matched training samples (KEY<TAB>SHARD lines) for data.exclude_keys")
-    return p
-
-
-def overlap_main(argv: list[str]) -> dict:
-    args = build_parser().parse_args(argv)
-    if args.batch_size < 1:
-        raise VLPError(f"overlap: --batch_size must be >= 1, got {args.batch_size}")
-    if args.out and Path(args.out).is_file():  # fail before the work, not after it
-        raise VLPError(f"overlap: --out {args.out} is a file; give a folder")
-    if args.write_exclusions and Path(args.write_exclusions).is_dir():
-        raise VLPError(f"overlap: --write-exclusions {args.write_exclusions} is a folder; give a file")
-    report, lines = overlap(args.train, args.eval, args.threshold, args.ckpt, args.cosine, args.device,
-                            args.batch_size, args.examples)
-    t = report["train"]
-    print(f"training: {t['spec']}: {t['images']} images in {t['shards']} shards"
-          + (f" (skipped {t['skipped']})" if t["skipped"] else ""))
-    print(table(report), end="")
-    print(f"training samples matched: {t['matched']} ({report['seconds']:.1f} s)")
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "overlap.json").write_text(json.dumps(report, indent=2))
-        (out / "overlap.md").write_text(markdown_report(report))
-        print(f"written: {out / 'overlap.json'}, {out / 'overlap.md'}")
-    if args.write_exclusions:
-        path = Path(args.write_exclusions)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        m = report["method"]
-        header = ["# vlp overlap: training samples near-duplicate to eval images (data.exclude_keys FILE)",
-                  f"# train {t['spec']}; eval {', '.join(e['name'] for e in report['eval_sets'])}",
-                  (f"# pHash distance <= {m['phash']['threshold']}"
-                   + (f", embedding cosine >= {m['embedding']['cosine']}" if m["embedding"] else "")),
-                  "# KEY<TAB>SHARD"]
-        path.write_text("\n".join(header + lines) + "\n")
-        print(f"written: {path} ({len(lines)} training samples)")
-    return report

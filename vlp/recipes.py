@@ -1,4 +1,4 @@
-"""Find, list, load and merge recipes.
+"""Find, list, load and merge recipes, and take a recipe's options off `vlp fit`'s command line.
 
 A recipe is a LightningCLI config (``seed_everything``, ``trainer``, ``model``,
 ``data``) plus two keys of its own:
@@ -199,3 +199,134 @@ def describe(name: str) -> str:
 
 def list_recipes() -> list[tuple[str, str]]:
     return [(name, describe(name)) for name in recipe_names()]
+
+
+# The recipe's options on the command line of `vlp fit` (vlp.fit_cli): --recipe, --vars.NAME VALUE,
+# and the dotted options whose values the recipe's interpolations see.
+
+
+def take_recipe(argv: list[str]) -> tuple[str | None, list[str]]:
+    """``--recipe NAME|PATH`` / ``--recipe=...`` out of the command line: (the recipe or None, the rest)."""
+    rest, recipe = [], None
+    it = iter(argv)
+    for arg in it:
+        if arg == "--recipe":
+            recipe = next(it, None)
+            if recipe is None:
+                raise VLPError("--recipe needs a name or a YAML path (see `vlp recipes`)")
+        elif arg.startswith("--recipe="):
+            recipe = arg.split("=", 1)[1]
+        else:
+            rest.append(arg)
+    return recipe, rest
+
+
+def take_vars(args: list[str], recipe: str | None) -> tuple[dict[str, str], list[str]]:
+    """``--vars.NAME VALUE`` / ``--vars.NAME=VALUE`` out of the command line (raw strings)."""
+    given, rest = {}, []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        key = arg.split("=", 1)[0]
+        i += 1
+        if key != "--vars" and not key.startswith("--vars."):
+            rest.append(arg)
+            continue
+        name = key[len("--vars."):]
+        if not name:
+            raise VLPError("give the recipe's vars one at a time: --vars.NAME VALUE")
+        if "=" in arg:
+            value = arg.split("=", 1)[1]
+        elif i < len(args) and not args[i].startswith("--"):
+            value, i = args[i], i + 1
+        else:
+            raise VLPError(f"{key} needs a value")
+        given[name] = value
+    if given and recipe is None:
+        raise VLPError(f"--vars.{next(iter(given))}: vars belong to a recipe; give --recipe NAME")
+    return given, rest
+
+
+def _dotted_overrides(args: list[str]) -> dict:
+    """``--a.b value`` / ``--a.b=value`` pairs of the command line, values parsed as YAML."""
+    out = {}
+    for i, arg in enumerate(args):
+        if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
+            continue
+        if "=" in arg:
+            key, raw = arg[2:].split("=", 1)
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            key, raw = arg[2:], args[i + 1]
+        else:
+            continue
+        try:
+            out[key] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            out[key] = raw
+    return out
+
+
+def _list_on_path(config: dict, key: str) -> tuple[str, list] | None:
+    """The list that the dotted ``key`` goes into before its last part (``init_args`` may be
+    left out, as on the command line), with its dotted path; None if it goes into none."""
+    parts, node = key.split("."), config
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, dict) and part not in node and isinstance(node.get("init_args"), dict):
+            node = node["init_args"]
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+        if isinstance(node, list):
+            return ".".join(parts[: i + 1]), node
+    return None
+
+
+def check_list_overrides(config: dict, args: list[str], var_names: list[str]) -> None:
+    """A dotted option that goes into a list of several entries (``--trainer.callbacks.init_args.X``
+    with two callbacks) would change only the last entry (jsonargparse's rule): refuse it."""
+    seen: dict[str, object] = {}  # the options given so far: a whole list replaces the recipe's
+    for j, arg in enumerate(args):
+        if not arg.startswith("--"):
+            continue
+        key, sep, value = arg[2:].partition("=")
+        if not sep and j + 1 < len(args) and not args[j + 1].startswith("--"):
+            value = args[j + 1]
+        # `--trainer.callbacks.help CLASS` is jsonargparse's help for a class, not a value
+        found = None if key.endswith(".help") else _list_on_path(config, key)
+        if found is not None and f"{found[0]}+" not in seen:  # `+` appends: meant for the last entry
+            path, entries = found
+            if isinstance(seen.get(path), list):
+                entries = seen[path]
+            if len(entries) > 1:
+                names = [str(e.get("class_path", "?")).rsplit(".", 1)[-1] if isinstance(e, dict) else repr(e)
+                         for e in entries]
+                via = (f"the recipe's vars (--vars.NAME VALUE; its vars: {', '.join(var_names)})"
+                       if var_names else "a recipe of your own with vars (see vlp/recipes.py)")
+                raise VLPError(f"--{key} is ambiguous: {path} holds {len(entries)} entries ({', '.join(names)}) "
+                               f"and it would change only the last; use {via}, or give the whole list "
+                               f"--{path} '[...]' (see --print_config)")
+        try:
+            seen[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            seen[key] = value
+
+
+def recipe_config(recipe: str, args: list[str], var_values: dict[str, str]) -> dict:
+    """The merged recipe with the command line's values that interpolations need; list-entry
+    options are checked. With ``--help``, the recipe's vars are printed before Lightning's help."""
+    config = load_recipe(recipe, _dotted_overrides(args), var_values)
+    defaults = recipe_vars(recipe)
+    check_list_overrides(config, args, list(defaults))
+    if "-h" in args or "--help" in args:
+        listed = ", ".join(f"--vars.{k} (default {v})" for k, v in defaults.items()) or "none"
+        print(f"recipe {recipe}: the options below override its values (shown as defaults); its vars: {listed}\n")
+    return config
+
+
+def recipe_id(recipe: str | None) -> str | None:
+    """How checkpoints name the run's recipe: a shipped recipe by its name, a file by its
+    absolute path (two files with the same stem are different recipes)."""
+    if recipe is None:
+        return None
+    path = find_recipe(recipe).resolve()
+    return path.stem if path.parent == recipes_root().resolve() else str(path)

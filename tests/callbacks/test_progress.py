@@ -13,7 +13,8 @@ from tests.conftest import TINY
 from tests.test_module import _batch
 from vlp.callbacks import ProgressLog
 from vlp.callbacks.progress import default_every_n_steps
-from vlp.cli import progress_defaults, run_cli
+from vlp.cli import run_cli
+from vlp.fit_cli import progress_defaults
 
 LINE = re.compile(r"^step (\d+)(/\d+)?  epoch \d+(/\d+)?  loss (\S+)  samples/s (\S+)  elapsed \S+  eta \S+$")
 
