@@ -63,9 +63,10 @@ from report import append_result  # noqa: E402
 def build_vlp(args, extra: list[str]):
     """(module in eval mode, EvalData) from ``--ckpt`` or the recipe."""
     if args.ckpt:
-        from vlp.eval.command import load_for_eval
+        from vlp.inference import load
 
-        module, data, _ = load_for_eval(args.ckpt, args.device)
+        loaded = load(args.ckpt, args.device)
+        module, data = loaded.module, loaded.data
         return module.eval(), data
     from vlp.cli import run_cli
 

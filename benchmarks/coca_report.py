@@ -38,7 +38,7 @@ def main() -> None:
     import torch
 
     from vlp.eval.captioning import Captioning
-    from vlp.eval.command import load_for_eval
+    from vlp.inference import load
     from vlp.eval.tasks import load_task
 
     work = tempfile.mkdtemp(prefix="vlp-coca-")
@@ -54,7 +54,8 @@ def main() -> None:
         if out.returncode:
             sys.exit(f"vlp fit failed:\n{out.stderr[-3000:]}")
         ckpt = re.search(r"^checkpoint: (.*)$", out.stdout, re.M).group(1)
-    module, data, info = load_for_eval(ckpt)
+    loaded = load(ckpt)
+    module, data, info = loaded.module, loaded.data, loaded.info
     rows, samples = [], []
     for shards, name in (("builtin:emoji/twitter/train-*.tar", "twitter train (seen concepts, new style)"),
                          ("builtin:emoji/google/test-*.tar", "google test (unseen concepts)")):

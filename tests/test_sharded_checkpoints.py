@@ -80,7 +80,7 @@ def test_convert_writes_one_ordinary_checkpoint_that_last_does_not_resume(coca, 
 
 def test_caption_and_eval_read_a_sharded_directory_directly(coca, tmp_path, capsys):
     from tests.test_caption_command import _png
-    from vlp.eval.command import load_for_eval
+    from vlp.inference import load
 
     _, path, sharded = coca
     png, _ = _png(tmp_path)
@@ -89,7 +89,8 @@ def test_caption_and_eval_read_a_sharded_directory_directly(coca, tmp_path, caps
         main(["caption", "--ckpt", str(ckpt), str(png), "--max_length", "4"])
         captions.append(capsys.readouterr().out)
     assert captions[0] == captions[1] and captions[0].startswith(str(png))
-    (a, _, info_a), (b, _, info_b) = load_for_eval(str(path)), load_for_eval(str(sharded))
+    one, two = load(str(path)), load(str(sharded))
+    (a, info_a), (b, info_b) = (one.module, one.info), (two.module, two.info)
     assert info_a == info_b and info_b["recipe"] == "coca_tiny"
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
     results = []
@@ -144,7 +145,7 @@ def test_sigkill_and_resume_of_a_sharded_run_give_the_uninterrupted_losses(tmp_p
 
     from vlp.checkpointing import check_resume, find_candidates
     from vlp.errors import VLPError
-    from vlp.eval.command import load_for_eval
+    from vlp.inference import load
 
     if name == "zero2" and not importlib_find("deepspeed"):
         pytest.skip("needs deepspeed")
@@ -180,8 +181,8 @@ def test_sigkill_and_resume_of_a_sharded_run_give_the_uninterrupted_losses(tmp_p
     assert done.returncode == 0, done.stderr[-3000:]
     one = torch.load(out, weights_only=True)
     assert one["global_step"] == 6 and one["vlp"]["recipe"] == "clip_tiny"
-    assert one["hyper_parameters"]["towers"] and one["datamodule_hyper_parameters"]
-    (a, _, info), (b, _, _) = load_for_eval(str(out)), load_for_eval(str(last))
+    assert one["vlp"]["model"]["towers"] and one["vlp"]["data"] and one["vlp"]["schema"] == 3
+    a, info, b = load(str(out)).module, load(str(out)).info, load(str(last)).module
     assert set(one["state_dict"]) == set(a.state_dict()) and not any(k.startswith(("_forward", "module."))
                                                                      for k in one["state_dict"])
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())

@@ -19,11 +19,30 @@ exactly; ``consolidate`` turns one into an ordinary checkpoint dict (DeepSpeed's
 ``get_fp32_state_dict_from_zero_checkpoint``, torch.distributed.checkpoint's loader without a
 process group), which `vlp convert`, `vlp eval` and `vlp caption` use. ``replace_path`` is how
 vlp.callbacks.StepCheckpoint makes a directory appear complete or not at all.
+
+The checkpoint's ``vlp`` section (schema ``SCHEMA`` = 3), written by VLPModule.on_save_checkpoint:
+
+- ``schema``: 3.
+- ``recipe``: the shipped recipe's name or the recipe file's absolute path (None outside `vlp fit`).
+- ``model``: the model's config as `vlp fit` built it (``towers``, ``heads``, ``objectives``,
+  ``share``, ``inputs``, ``step``, ``optim``; parts as ``class_path`` / ``init_args``):
+  vlp.inference.load rebuilds the module from it.
+- ``data``: the datamodule's config likewise (the tokenizer or text renderer, ``context_length``,
+  ``image_size``, ...): vlp.inference.load takes the text and image side of the run from it.
+- ``rng``: every rank's RNG states (vlp.distributed.rng_states), so a resume draws what the
+  uninterrupted run drew; ``nonfinite_skipped``: steps skipped so far (vlp.step).
+- ``consolidated_from``: only in `vlp convert`'s output (the directory, its kind and facts).
+
+Older checkpoints are upgraded when read (``upgrade_checkpoint``): schema 2 kept the model and
+data config in Lightning's ``hyper_parameters`` / ``datamodule_hyper_parameters`` and CoCa's
+decoder inside its objective (``objectives.N.decoder.*``, now the head ``heads.decoder.*``);
+schema 1 had two tower slots (``image_tower`` / ``text_tower``) and 0-d logit scales.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -91,6 +110,66 @@ DEEPSPEED_KEYS = frozenset({
 })
 WRAPPER_PREFIXES = ("_forward_module.", "module.", "_orig_mod.")
 FSDP2_META = "meta.pt"  # Lightning's ModelParallelStrategy: the state besides the tensors
+
+
+SCHEMA = 3
+
+
+def upgrade_checkpoint(checkpoint: dict) -> dict:
+    """``checkpoint`` in the current schema (see the module docstring), in place: a checkpoint of the
+    two-slot module (``image_tower`` / ``text_tower``) in the named-towers form, CoCa's decoder as a
+    head, the model and data config in the ``vlp`` section."""
+    state = checkpoint.get("state_dict") or {}
+    prefixes = {"image_tower.": "towers.image.", "text_tower.": "towers.text."}
+    if any(k.startswith(tuple(prefixes)) for k in state):
+        checkpoint["state_dict"] = {next((new + k[len(old):] for old, new in prefixes.items() if k.startswith(old)),
+                                         k): v for k, v in state.items()}
+    for key, value in checkpoint.get("state_dict", {}).items():  # logit scale / bias: 0-d before, [1] now
+        if key.startswith("objectives.") and key.endswith(("logit_scale", "logit_bias")) and value.ndim == 0:
+            checkpoint["state_dict"][key] = value.reshape(1)
+    hparams = checkpoint.get("hyper_parameters")
+    if isinstance(hparams, dict) and "image_tower" in hparams and "towers" not in hparams:
+        hparams["towers"] = {"image": hparams.pop("image_tower"), "text": hparams.pop("text_tower")}
+    _decoder_to_head(checkpoint)
+    vlp = checkpoint.get("vlp")
+    if not isinstance(vlp, dict):
+        vlp = checkpoint["vlp"] = {}
+    if vlp.get("schema", 2) < SCHEMA:
+        if "model" not in vlp and isinstance(hparams, dict) and "towers" in hparams:
+            vlp["model"] = hparams
+        if "data" not in vlp and isinstance(checkpoint.get("datamodule_hyper_parameters"), dict):
+            vlp["data"] = checkpoint["datamodule_hyper_parameters"]
+        vlp["schema"] = SCHEMA
+    return checkpoint
+
+
+def upgrade_key(key: str) -> str:
+    """A state-dict key of an older schema under its current name (as ``upgrade_checkpoint``)."""
+    for old, new in (("image_tower.", "towers.image."), ("text_tower.", "towers.text.")):
+        if key.startswith(old):
+            return new + key[len(old):]
+    return re.sub(r"^objectives\.\d+\.decoder\.", "heads.decoder.", key)
+
+
+def _decoder_to_head(checkpoint: dict) -> None:
+    """CoCa before named heads: the CaptioningLoss owned its decoder (``objectives.N.decoder.*``,
+    ``init_args: {layers, heads, mlp_ratio}``); it is the head ``decoder`` now."""
+    hparams = checkpoint.get("hyper_parameters")
+    objectives = hparams.get("objectives") if isinstance(hparams, dict) else None
+    if not isinstance(objectives, list):
+        return
+    for i, spec in enumerate(objectives):
+        args = spec.get("init_args") if isinstance(spec, dict) else None
+        if not (str(spec.get("class_path", "")).endswith("CaptioningLoss") and isinstance(args, dict)
+                and {"layers", "heads"} & args.keys()):
+            continue
+        shape = {k: args.pop(k) for k in ("layers", "heads", "mlp_ratio") if k in args}
+        hparams["heads"] = {**(hparams.get("heads") or {}),
+                            "decoder": {"class_path": "vlp.heads.CaptionDecoder", "init_args": shape}}
+        prefix = f"objectives.{i}.decoder."
+        state = checkpoint.get("state_dict") or {}
+        checkpoint["state_dict"] = {("heads.decoder." + k[len(prefix):] if k.startswith(prefix) else k): v
+                                    for k, v in state.items()}
 
 
 def sharded_kind(path) -> str | None:
@@ -193,6 +272,7 @@ def read_candidate(path: Path) -> Candidate | None:
         return None
     if not isinstance(ckpt, dict) or (kind == "file" and "optimizer_states" not in ckpt):
         return None
+    shapes = {upgrade_key(k): v for k, v in shapes.items()}
     return Candidate(path, int(ckpt.get("global_step", -1)), path.stat().st_mtime,
                      (ckpt.get("vlp") or {}).get("recipe"), shapes, kind, facts)
 

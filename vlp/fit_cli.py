@@ -123,6 +123,8 @@ class VLPCLI(LightningCLI):
         # the parts that read token ids take the tokenizer's spec as soon as both are built,
         # for a fit and for a build without one (run_cli(run=False): benchmarks, tests)
         check_tokenizer(self.model, self.datamodule)
+        # what rebuilds the model: the model and data config, kept in checkpoints (vlp.inference)
+        self.model.config = run_config(self.config.get(self.subcommand) if self.subcommand else self.config)
 
     def instantiate_trainer(self, **kwargs):
         listed = self._get(self.config_init, "trainer", default={}).get("callbacks")
@@ -152,6 +154,16 @@ class VLPCLI(LightningCLI):
         if stopped:
             print(f"stopped by {stopped} after step {trainer.global_step}; continue with the same command and "
                   "--ckpt_path last", flush=True)
+
+
+def run_config(config) -> dict:
+    """``{"model": ..., "data": ...}`` of a parsed config (jsonargparse's Namespace), as plain
+    JSON values (class_path / init_args mappings, lists): what checkpoints keep."""
+    import json
+
+    return {key: json.loads(json.dumps(config[key].as_dict() if hasattr(config[key], "as_dict") else config[key],
+                                       default=str))
+            for key in ("model", "data")}
 
 
 def progress_defaults(listed) -> dict:

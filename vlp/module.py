@@ -8,9 +8,9 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import nn
 
+from vlp.checkpointing import SCHEMA, upgrade_checkpoint
 from vlp.distributed import gather_objects, rng_states, set_rng_states
 from vlp.errors import VLPError
 from vlp.objectives.base import Objective
@@ -60,10 +60,9 @@ class VLPModule(LightningModule):
         heads: dict[str, nn.Module] | None = None,
     ):
         super().__init__()
-        # Under the CLI the hyperparameters are the recipe's class_path/init_args (so a
-        # checkpoint can rebuild the model); built by hand, the parts are not hyperparameters.
-        built_by_cli = _given_hyperparameters.get() is not None
-        self.save_hyperparameters(ignore=None if built_by_cli else ["towers", "objectives", "step", "heads"])
+        # the parts are not hyperparameters: what rebuilds the model is the recipe's config, which
+        # `vlp fit` gives the module (``config``) and checkpoints keep (vlp.checkpointing.SCHEMA)
+        self.save_hyperparameters(ignore=["towers", "objectives", "step", "heads"])
         if not towers:
             raise VLPError("model.towers is empty: a recipe needs at least one tower")
         if not objectives:
@@ -108,6 +107,9 @@ class VLPModule(LightningModule):
         self._pooled_kw = {name: _takes_tokens_flag(tower) for name, tower in self.towers.items()}
         self.optim = optim or OptimConfig()
         self.recipe: str | None = None  # set by `vlp fit --recipe`, kept in checkpoints
+        # {"model": ..., "data": ...}: the run's model and data config (class_path / init_args), set
+        # by `vlp fit`, kept in checkpoints; vlp.inference.load rebuilds the model from it
+        self.config: dict | None = None
         self._step_rng: tuple[int, dict] | None = None  # (step, RNG states as that step began)
 
     @property
@@ -126,7 +128,8 @@ class VLPModule(LightningModule):
         if self._step_rng is not None and self._trainer is not None and self._step_rng[0] == self.trainer.global_step:
             states = self._step_rng[1]  # saved before this step completed (after an error): its start
         gathered = gather_objects(states)
-        checkpoint["vlp"] = {"recipe": self.recipe, "rng": gathered, "nonfinite_skipped": self.nonfinite_skipped}
+        checkpoint["vlp"] = {"schema": SCHEMA, "recipe": self.recipe, **(self.config or {}), "rng": gathered,
+                             "nonfinite_skipped": self.nonfinite_skipped}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         upgrade_checkpoint(checkpoint)
@@ -299,45 +302,6 @@ class FieldView(Mapping):
 
     def __len__(self) -> int:
         return len(self.batch)
-
-
-def upgrade_checkpoint(checkpoint: dict) -> dict:
-    """A checkpoint of the two-slot module (``image_tower`` / ``text_tower``) in the named-towers
-    form (``towers.image`` / ``towers.text``), in place; other checkpoints are left as they are."""
-    state = checkpoint.get("state_dict") or {}
-    prefixes = {"image_tower.": "towers.image.", "text_tower.": "towers.text."}
-    if any(k.startswith(tuple(prefixes)) for k in state):
-        checkpoint["state_dict"] = {next((new + k[len(old):] for old, new in prefixes.items() if k.startswith(old)),
-                                         k): v for k, v in state.items()}
-    for key, value in checkpoint.get("state_dict", {}).items():  # logit scale / bias: 0-d before, [1] now
-        if key.startswith("objectives.") and key.endswith(("logit_scale", "logit_bias")) and value.ndim == 0:
-            checkpoint["state_dict"][key] = value.reshape(1)
-    hparams = checkpoint.get("hyper_parameters")
-    if isinstance(hparams, dict) and "image_tower" in hparams and "towers" not in hparams:
-        hparams["towers"] = {"image": hparams.pop("image_tower"), "text": hparams.pop("text_tower")}
-    _decoder_to_head(checkpoint)
-    return checkpoint
-
-
-def _decoder_to_head(checkpoint: dict) -> None:
-    """CoCa before named heads: the CaptioningLoss owned its decoder (``objectives.N.decoder.*``,
-    ``init_args: {layers, heads, mlp_ratio}``); it is the head ``decoder`` now."""
-    hparams = checkpoint.get("hyper_parameters")
-    objectives = hparams.get("objectives") if isinstance(hparams, dict) else None
-    if not isinstance(objectives, list):
-        return
-    for i, spec in enumerate(objectives):
-        args = spec.get("init_args") if isinstance(spec, dict) else None
-        if not (str(spec.get("class_path", "")).endswith("CaptioningLoss") and isinstance(args, dict)
-                and {"layers", "heads"} & args.keys()):
-            continue
-        shape = {k: args.pop(k) for k in ("layers", "heads", "mlp_ratio") if k in args}
-        hparams["heads"] = {**(hparams.get("heads") or {}),
-                            "decoder": {"class_path": "vlp.heads.CaptionDecoder", "init_args": shape}}
-        prefix = f"objectives.{i}.decoder."
-        state = checkpoint.get("state_dict") or {}
-        checkpoint["state_dict"] = {("heads.decoder." + k[len(prefix):] if k.startswith(prefix) else k): v
-                                    for k, v in state.items()}
 
 
 def schedule_steps(trainer) -> float:

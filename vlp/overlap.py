@@ -7,7 +7,7 @@
 Every image of the training shards and of each eval set is read once (through the checked tar
 reader and ``decode_image``, so transparency is composited on white, as training sees it) and
 hashed; with ``--ckpt`` the model's image embeddings are computed too (the checkpoint's eval
-transform, ``load_for_eval``). An ``--eval`` is a built-in task name, a shell pattern over them
+transform, ``vlp.inference.load``). An ``--eval`` is a built-in task name, a shell pattern over them
 (``'emoji_*'``), a task YAML (its ``shards``) or a shard spec; tasks on the same shards make one
 eval set.
 
@@ -132,12 +132,13 @@ class ImageSet:
 
 
 class Embedder:
-    """Image embeddings of a checkpoint (``vlp.eval.command.load_for_eval``), L2-normalised."""
+    """Image embeddings of a checkpoint (``vlp.inference.load``), L2-normalised."""
 
     def __init__(self, ckpt: str, device: str = "cpu", batch_size: int = 256):
-        from vlp.eval.command import load_for_eval
+        from vlp.inference import load
 
-        self.module, data, _ = load_for_eval(ckpt, device)
+        loaded = load(ckpt, device)
+        self.module, data = loaded.module, loaded.data
         self.transform = data.transform()
         self.device, self.batch_size = device, batch_size
 

@@ -79,17 +79,3 @@ def test_eval_list_names_the_builtin_tasks():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert "emoji_google_category_few_shot" in out.stdout and "linear_probe" in out.stdout
-
-
-def test_a_saved_tokenizer_is_built_as_the_cli_built_it():
-    from vlp.errors import VLPError
-    from vlp.eval.command import saved_tokenizer
-
-    tok = saved_tokenizer({"class_path": "vlp.data.tokenizer.TextTokenizer", "init_args": {"context_length": 12}},
-                          "checkpoint c.ckpt: data.tokenizer")
-    assert tok(["a cat"]).shape == (1, 12)
-    assert saved_tokenizer(None, "unused") is None
-    with pytest.raises(VLPError, match=r"^checkpoint c\.ckpt: data\.tokenizer: vlp\.data\.tokenizer\.TextTokenizer: "
-                                       r"context_length: expected int, got twelve$"):
-        saved_tokenizer({"class_path": "vlp.data.tokenizer.TextTokenizer", "init_args": {"context_length": "twelve"}},
-                        "checkpoint c.ckpt: data.tokenizer")

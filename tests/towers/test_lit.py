@@ -75,10 +75,10 @@ def test_lock_without_weights_and_bad_checkpoints_are_clear_errors(tmp_path):
     kw = dict(embed_dim=64, image_size=32, model_kwargs=dict(patch_size=8, embed_dim=64, depth=2, num_heads=2))
     with pytest.raises(VLPError, match="lock freezes pretrained weights"):
         TimmImageTower("vit_tiny_patch16_224", lock=True, **kw)
-    with pytest.raises(VLPError, match="init_from: checkpoint .* not found"):
+    with pytest.raises(VLPError, match="init_from: checkpoint .* does not exist"):
         TimmImageTower("vit_tiny_patch16_224", init_from=str(tmp_path / "none.ckpt"), **kw)
     torch.save({"state_dict": {"text_tower.x": torch.zeros(1)}}, tmp_path / "text_only.ckpt")
-    with pytest.raises(VLPError, match="holds no image tower weights"):
+    with pytest.raises(VLPError, match="init_from: checkpoint .* holds no weights of towers.image"):
         TimmImageTower("vit_tiny_patch16_224", init_from=str(tmp_path / "text_only.ckpt"), **kw)
 
 

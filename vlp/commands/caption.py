@@ -52,13 +52,14 @@ def main(argv: list[str]) -> list[dict]:
     import torch
 
     from vlp.caption import read_inputs
-    from vlp.eval.command import load_for_eval
+    from vlp.inference import load
     from vlp.generation import Captioner
 
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
         raise VLPError("caption: --batch_size must be >= 1")
-    module, data, _ = load_for_eval(args.ckpt, args.device)
+    loaded = load(args.ckpt, args.device)
+    module, data = loaded.module, loaded.data
     captioner = Captioner(module)
     transform = data.transform()
     generator = torch.Generator(device=args.device).manual_seed(args.seed)

@@ -5,7 +5,7 @@
     vlp eval --table eval_results            # one markdown + CSV table across checkpoints
     vlp eval --list                          # the built-in tasks
 
-The work (loading, evaluating, tables) is vlp.eval.command's.
+The work (evaluating, tables) is vlp.eval.runner's; loading, vlp.inference's.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> list[dict] | None:
     """The result records of the evaluations (None for ``--list`` and ``--table``)."""
-    from vlp.eval.command import evaluate, merge_table, records_table
+    from vlp.eval.runner import evaluate, merge_table, records_table
     from vlp.eval.tasks import builtin_tasks, load_task
 
     args = build_parser().parse_args(argv)

@@ -9,7 +9,6 @@ from collections import Counter
 
 import torch
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import DataLoader
@@ -177,10 +176,9 @@ class VLPDataModule(LightningDataModule):
         exclude_keys: str | None = None,
     ):
         super().__init__()
-        # saved in checkpoints (as the recipe's values under the CLI) so that `vlp eval`
-        # rebuilds the tokenizer and eval image size of the run
-        built_by_cli = _given_hyperparameters.get() is not None
-        self.save_hyperparameters(ignore=None if built_by_cli else ["tokenizer", "text_renderer"])
+        # plain values only: the run's data config (the tokenizer's class_path / init_args
+        # included) reaches checkpoints through `vlp fit` (vlp.checkpointing.SCHEMA)
+        self.save_hyperparameters(ignore=["tokenizer", "text_renderer"])
         if batch_size < 1:
             raise VLPError(f"data.batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:

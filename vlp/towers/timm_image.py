@@ -170,14 +170,20 @@ class TimmImageTower(nn.Module):
         elif unlocked_groups:
             raise VLPError("image_tower.unlocked_groups needs lock: true")
 
+    @classmethod
+    def inference_args(cls, init_args: dict) -> dict:
+        """``init_args`` without what only training needs (vlp.inference.load): the weights come
+        from the checkpoint, so no pretrained file or ``init_from`` is read and nothing is locked."""
+        dropped = {"pretrained_path": None, "init_from": None, "lock": False, "unlocked_groups": 0, "head": "new"}
+        return {**init_args, **{k: v for k, v in dropped.items() if k in init_args}}
+
     def _load_vlp_tower(self, path: str, keep_proj: bool) -> None:
-        if not Path(path).is_file():
-            raise VLPError(f"image_tower.init_from: checkpoint {path} not found")
-        state = torch.load(path, map_location="cpu", weights_only=True).get("state_dict", {})
-        prefix = next((p for p in ("towers.image.", "image_tower.") if any(k.startswith(p) for k in state)), None)
-        tower = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} if prefix else {}
-        if not tower:
-            raise VLPError(f"image_tower.init_from: {path} holds no image tower weights")
+        from vlp.inference import part_state
+
+        try:
+            tower = part_state(path, "towers.image")  # any checkpoint vlp.inference reads
+        except VLPError as e:
+            raise VLPError(f"image_tower.init_from: {e}") from None
         if not keep_proj:
             tower = {k: v for k, v in tower.items() if not k.startswith("proj.")}
         result = self.load_state_dict(tower, strict=False)
