@@ -1,4 +1,4 @@
-"""Image-text retrieval: recall@k both ways, computed in chunks so memory stays bounded."""
+"""Image-text retrieval: recall@k both ways, by vlp.search's blockwise top-k, so memory stays bounded."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import torch
 
 from vlp.errors import VLPError
 from vlp.eval.base import EvalRun, EvalTask
+from vlp.search import MAX_SCORES, topk
 
 
 def retrieval_metrics(
@@ -14,7 +15,7 @@ def retrieval_metrics(
     text_to_image: torch.Tensor,
     ks: tuple[int, ...] = (1, 5, 10),
     chunk: int | None = None,
-    max_scores: int = 2**24,
+    max_scores: int = MAX_SCORES,
 ) -> dict[str, float]:
     """Recall@k both ways.
 
@@ -28,25 +29,21 @@ def retrieval_metrics(
 
     image->text recall@k: share of images with at least one of their texts in the
     top k texts. text->image recall@k: share of texts whose image is in the top k.
+    Equal scores rank by index, lower first (``vlp.search.topk``): a text tied with an
+    image's own text counts as above it when its index is lower.
     """
     n, m = image_emb.shape[0], text_emb.shape[0]
-    if chunk is None:
-        chunk = max(1, max_scores // max(n, m, 1))
     kmax = max(ks)
-    i2t_hits = {k: 0 for k in ks}
-    for start in range(0, n, chunk):
-        scores = image_emb[start : start + chunk] @ text_emb.T  # [c, M]
-        top = scores.topk(min(kmax, m), dim=1).indices  # [c, k]
-        hit = text_to_image[top] == torch.arange(start, start + scores.shape[0])[:, None]
-        for k in ks:
-            i2t_hits[k] += int(hit[:, :k].any(1).sum())
-    t2i_hits = {k: 0 for k in ks}
-    for start in range(0, m, chunk):
-        scores = text_emb[start : start + chunk] @ image_emb.T  # [c, N]
-        top = scores.topk(min(kmax, n), dim=1).indices
-        hit = top == text_to_image[start : start + chunk, None]
-        for k in ks:
-            t2i_hits[k] += int(hit[:, :k].any(1).sum())
+
+    def block(keys: int) -> int:
+        return max_scores if chunk is None else chunk * max(keys, 1)
+
+    _, top = topk(image_emb, text_emb, kmax, max_scores=block(m))  # [N, min(kmax, M)] text indices
+    i2t = text_to_image[top] == torch.arange(n, device=top.device)[:, None]
+    _, top = topk(text_emb, image_emb, kmax, max_scores=block(n))  # [M, min(kmax, N)] image indices
+    t2i = top == text_to_image[:, None]
+    i2t_hits = {k: int(i2t[:, :k].any(1).sum()) for k in ks}
+    t2i_hits = {k: int(t2i[:, :k].any(1).sum()) for k in ks}
     out = {f"image_to_text_R@{k}": i2t_hits[k] / n for k in ks}
     out.update({f"text_to_image_R@{k}": t2i_hits[k] / m for k in ks})
     return out
