@@ -190,7 +190,7 @@ model:
     - class_path: vlp.objectives.ContrastiveLoss
     - class_path: tests.outside_parts.TokenMatch
       init_args: {weight: 0.5}
-data: {ssl_views: true}
+data: {fields: {views: {class_path: vlp.data.fields.Views}}}
 """
 
 
@@ -215,3 +215,50 @@ def test_three_towers_and_an_outside_objective_train_through_the_cli(tmp_path):
     assert match.proj.weight.grad is not None and match.proj.weight.grad.abs().sum() > 0
     metrics = cli.trainer.callback_metrics
     assert torch.isfinite(metrics["train/token_match_loss"]) and torch.isfinite(metrics["train/contrastive_loss"])
+
+
+SECOND_LANGUAGE = """
+description: CLIP with a second caption (the Chinese CLDR label) contrasted through the same text tower
+extends: clip_tiny
+model:
+  share: {text_zh: text}
+  objectives:
+    - class_path: vlp.objectives.ContrastiveLoss
+    - class_path: vlp.objectives.ContrastiveLoss
+      init_args: {name: zh, a: image, b: text_zh}
+data:
+  fields: {text_zh: {class_path: vlp.data.fields.Caption, init_args: {key: labels.zh}}}
+"""
+
+
+def test_a_second_language_pair_needs_no_module_code(tmp_path):
+    """A declared second caption field and an objective that names the pair it compares: the
+    module runs the shared text tower on the ``text_zh`` field, both losses train."""
+    from vlp.cli import run_cli
+
+    recipe = tmp_path / "zh.yaml"
+    recipe.write_text(SECOND_LANGUAGE)
+    cli = run_cli(["fit", "--recipe", str(recipe), *TINY, "--data.train_num_samples", "16",
+                   "--trainer.max_steps", "2", "--trainer.max_epochs", "-1", "--trainer.logger", "false",
+                   "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false",
+                   "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)])
+    model = cli.model
+    assert model.reads == {"image": {"pooled"}, "text": {"pooled"}, "text_zh": {"pooled"}}
+    assert model.inputs["text_zh"] == "text_zh" and "text_zh" in cli.datamodule.batch_fields()
+    metrics = cli.trainer.callback_metrics
+    assert torch.isfinite(metrics["train/zh_loss"]) and torch.isfinite(metrics["train/contrastive_loss"])
+    assert metrics["train/zh_loss"] != metrics["train/contrastive_loss"]
+    batch = cli.datamodule.on_before_batch_transfer(next(iter(cli.datamodule.train_dataloader())), 0)
+    with torch.no_grad():
+        zh = model.embed("text_zh", batch["text_zh"])
+    assert torch.allclose(zh, model.embed("text", batch["text_zh"]))  # one tower under two names
+    assert model.similarity_scale("image", "text_zh") == pytest.approx(float(model.objectives[1].scale()))
+
+
+def test_a_missing_field_through_the_name_map_is_a_clear_error(tiny_module):
+    from vlp.module import FieldView
+
+    view = FieldView({"image": torch.zeros(1)}, {"text_zh": "zh_ids"})
+    assert torch.equal(view["image"], torch.zeros(1))
+    with pytest.raises(VLPError, match=r"the batch has no field 'zh_ids' \(the field of the name 'text_zh'\)"):
+        view["text_zh"]

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+import vlp.strategies  # noqa: F401 - registers the vlp_deepspeed_* names that --trainer.strategy may give
 from vlp.config_errors import UNION_MISMATCH, explain
 from vlp.errors import VLPError
 from vlp.fit_checks import (

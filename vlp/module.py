@@ -16,7 +16,6 @@ from vlp.errors import VLPError
 from vlp.objectives.base import Objective
 from vlp.optim import OptimConfig, build_optimizer
 from vlp.step import PlainStep, TrainStep
-from vlp.strategies import DeepSpeedStrategy  # noqa: F401 - registers the vlp_deepspeed_* strategy names
 from vlp.strategies import replicates_parameters
 from vlp.towers.output import TowerOutput
 

@@ -81,8 +81,8 @@ class DeepSpeedStrategy(_LightningDeepSpeedStrategy):
     AdamW (vlp.optim), which DeepSpeed wraps in its ZeRO optimiser (no DeepSpeed op to build).
 
     Names (registered in Lightning's StrategyRegistry when vlp.strategies is imported, which
-    vlp.module does, so ``vlp fit``, recipes and ``Trainer(strategy=...)`` after importing vlp's
-    module know them): ``vlp_deepspeed`` (stage 2), ``vlp_deepspeed_stage_1``,
+    `vlp fit` (vlp.fit_cli) does, so recipes, the command line and ``Trainer(strategy=...)`` after
+    importing vlp.strategies know them): ``vlp_deepspeed`` (stage 2), ``vlp_deepspeed_stage_1``,
     ``vlp_deepspeed_stage_2``, ``vlp_deepspeed_stage_2_offload``, ``vlp_deepspeed_stage_3``,
     ``vlp_deepspeed_stage_3_offload`` (the CPU-offload variants keep the optimiser states on
     the CPU and step there: with parameters on GPUs through DeepSpeed's CPU Adam, which DeepSpeed

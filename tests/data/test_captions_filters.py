@@ -120,14 +120,14 @@ def test_a_bad_filter_is_a_clear_error(tmp_path, filters, message):
 
 def test_the_plain_stream_never_parses_the_json(tmp_path, monkeypatch):
     """The hot path: without a filter or caption that needs it, no sample's json is parsed."""
+    import vlp.data.fields
     import vlp.data.filters
-    import vlp.data.stream
 
     def refuse(sample):
         raise AssertionError("json parsed")
 
     path = _tagged(tmp_path, 8)
-    monkeypatch.setattr(vlp.data.stream, "sample_json", refuse)
+    monkeypatch.setattr(vlp.data.fields, "sample_json", refuse)
     monkeypatch.setattr(vlp.data.filters, "sample_json", refuse)
     assert len(_captions(_dm(path, 8))) == 8
     assert len(_captions(_dm(path, 8, filters={"min_caption_chars": 1}, caption_templates=["{} !"]))) == 8

@@ -4,6 +4,8 @@ import tarfile
 
 import pytest
 import torch
+
+from vlp.data.fields import Views
 from PIL import Image
 
 from vlp.data.datamodule import VLPDataModule
@@ -194,7 +196,7 @@ def test_a_training_batch_splits_along_its_batch_dimension():
     from vlp.data.batch import batch_size, split_batch
 
     dm = VLPDataModule(batch_size=5, num_workers=0, image_size=32, context_length=16, seed=0, train_num_samples=10,
-                       ssl_views=True)
+                       fields={"views": Views()})
     batch = next(iter(dm.train_dataloader()))
     batch.pop("_state")
     assert batch_size(batch) == 5

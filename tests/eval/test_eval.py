@@ -211,7 +211,7 @@ def test_eval_sees_transparent_images_as_training_does(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from vlp.data.stream import SampleDecoder
+    from vlp.data.fields import SampleContext
 
     im = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
     im.paste((200, 30, 30, 255), (4, 4, 12, 12))
@@ -222,7 +222,7 @@ def test_eval_sees_transparent_images_as_training_does(tmp_path):
     batch = next(iter(EvalStream([str(tmp_path / "a.tar")], to_array, TextTokenizer(context_length=8), 1,
                                  captions=["txt"])))
     counts = Counter()
-    trained = SampleDecoder(to_array).image(buf.getvalue(), counts)
+    trained = SampleContext({"png": buf.getvalue()}, counts).image()  # what every training image field reads
     assert counts["alpha_on_white"] == 1
     assert torch.equal(batch["image"][0], to_array(trained))
     assert batch["image"][0, 0, 0].tolist() == [255, 255, 255] and batch["image"][0, 8, 8].tolist() == [200, 30, 30]

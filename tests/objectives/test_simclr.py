@@ -5,6 +5,8 @@ import os
 import sys
 
 import torch
+
+from vlp.data.fields import Views
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
@@ -94,7 +96,7 @@ def test_views_are_made_only_when_asked_and_reach_the_objective(tiny_module):
     plain = VLPDataModule(batch_size=4, num_workers=0, image_size=32, context_length=16, seed=0, train_num_samples=8)
     assert "views" not in next(iter(plain.train_dataloader())) and "views" not in plain.batch_fields()
     dm = VLPDataModule(batch_size=4, num_workers=0, image_size=32, context_length=16, seed=0, train_num_samples=8,
-                       ssl_views=True)
+                       fields={"views": Views()})
     batch = next(iter(dm.train_dataloader()))
     assert batch["views"].shape == (4, 2, 3, 32, 32) and "views" in dm.batch_fields()
     assert not torch.equal(batch["views"][:, 0], batch["views"][:, 1])  # two different augmentations

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from vlp.data.decode import CONVERT_REASONS
 from vlp.data.eval_set import EvalData, ValidationSet
 from vlp.data.exclusions import Exclusions
+from vlp.data.fields import Caption, Field, FieldEnv, Image
 from vlp.data.filters import SampleFilters
 from vlp.data.holdout import Holdout
 from vlp.data.render import TextRenderer
@@ -23,7 +24,7 @@ from vlp.data.shards import count_samples, expand_shards
 from vlp.data.sources import epoch_samples, mix_parts, resolve_sources
 from vlp.data.stream import SKIP_REASONS, SampleDecoder, ShardStream
 from vlp.data.tokenizer import HFTokenizer, TextTokenizer
-from vlp.data.transforms import image_transform, randaugment_transform, ssl_view_transform
+from vlp.data.transforms import randaugment_transform
 from vlp.errors import VLPError
 
 
@@ -105,9 +106,12 @@ class VLPDataModule(LightningDataModule):
             (judged from the header, before decoding).
         randaugment: timm RandAugment string for training images (AugReg), e.g.
             ``rand-m10-n2``; None = none.
-        ssl_views: also make SLIP's two SimCLR views of every image (``batch["views"]``,
-            ``[B, 2, 3, H, W]``); only when an objective needs them.
-        ssl_crop_scale: area range of the views' random resized crop.
+        fields: the batch fields besides (or instead of) the two every run has, ``image``
+            (vlp.data.fields.Image) and ``text`` (vlp.data.fields.Caption of ``caption_key`` /
+            ``caption_keys`` / ``caption_templates``, its strings also as ``caption``): a mapping
+            of names to field parts (vlp.data.fields: ``Views``, ``Caption``, ``Label``, ``Tags``,
+            ``Boxes``, or a part of your own), ``null`` to drop one of the two (a recipe without
+            captions). The training stream and the eval streams decode and collate through them.
         text_renderer: render the captions as images (CLIPPO, vlp.data.render.TextRenderer):
             ``batch["text"]`` is then ``[B, 3, H, W]``, drawn in the data workers (each caches
             the captions it drew), and no tokenizer is built (``tokenizer`` must be unset).
@@ -165,8 +169,7 @@ class VLPDataModule(LightningDataModule):
         max_bad_fraction: float = 0.05,
         max_image_pixels: int = 89_478_485,
         randaugment: str | None = None,
-        ssl_views: bool = False,
-        ssl_crop_scale: tuple[float, float] = (0.08, 1.0),
+        fields: dict[str, Field | None] | None = None,
         text_renderer: TextRenderer | None = None,
         caption_keys: list[str] | None = None,
         caption_templates: list[str] | None = None,
@@ -178,7 +181,7 @@ class VLPDataModule(LightningDataModule):
         super().__init__()
         # plain values only: the run's data config (the tokenizer's class_path / init_args
         # included) reaches checkpoints through `vlp fit` (vlp.checkpointing.SCHEMA)
-        self.save_hyperparameters(ignore=["tokenizer", "text_renderer"])
+        self.save_hyperparameters(ignore=["tokenizer", "text_renderer", "fields"])
         if batch_size < 1:
             raise VLPError(f"data.batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
@@ -210,6 +213,12 @@ class VLPDataModule(LightningDataModule):
                 raise VLPError(f"data.caption_templates: give templates with '{{}}' for the caption, got "
                                f"{bad or caption_templates!r}")
         self.caption_templates = list(caption_templates) if caption_templates else None
+        declared = {"image": Image(), "text": Caption(caption_key, self.caption_keys, self.caption_templates,
+                                                      raw="caption")}
+        declared.update(fields or {})
+        self.fields: dict[str, Field] = {name: part for name, part in declared.items() if part is not None}
+        if not self.fields:
+            raise VLPError("data.fields leaves no field: a batch needs at least one")
         self.filters = SampleFilters.of(filters)
         self.holdout = Holdout.of(holdout)
         if self.holdout is not None and val_shards is not None:
@@ -227,8 +236,6 @@ class VLPDataModule(LightningDataModule):
         self.randaugment = randaugment
         if randaugment:
             randaugment_transform(randaugment)  # a malformed string fails here, before training
-        self.ssl_views = ssl_views
-        self.ssl_crop_scale = tuple(ssl_crop_scale)
         self.stats: Counter = Counter()  # this rank's samples read / skipped / converted, whole run
         self._next_epoch = 0
         self._epoch = 0
@@ -296,12 +303,8 @@ class VLPDataModule(LightningDataModule):
         if self.seed is None:
             env = os.environ.get("PL_GLOBAL_SEED")
             self.seed = int(env) if env is not None else int.from_bytes(os.urandom(4), "little")
-        views = ssl_view_transform(self.image_size, self.ssl_crop_scale) if self.ssl_views else None
-        decode = SampleDecoder(image_transform(self.image_size, True, self.crop_scale, randaugment=self.randaugment),
-                               self.caption_key, self.max_image_pixels, view_transform=views,
-                               caption_keys=self.caption_keys, caption_templates=self.caption_templates,
-                               filters=self.filters)
-        stream = ShardStream(self.shards, decode, self.text_input, self.batch_size, batches_per_worker=per_worker,
+        decode = SampleDecoder(self.train_fields(), self.max_image_pixels, filters=self.filters)
+        stream = ShardStream(self.shards, decode, self.batch_size, batches_per_worker=per_worker,
                              shuffle_buffer=self.shuffle_buffer, resampled=self.resampled, seed=self.seed,
                              mix=self._mix(), holdout=self.holdout, exclusions=self.exclusions)
         stream.length = per_worker * workers
@@ -332,25 +335,30 @@ class VLPDataModule(LightningDataModule):
             shards = list(self.val_shards)
         else:  # every source's shards once, in order
             shards = list(dict.fromkeys(self.shards))
-        return ValidationSet(shards, self.holdout, list(self.caption_keys or [self.caption_key]),
-                             self.caption_templates)
+        text = self.fields.get("text")
+        captions = (text.fields or [text.key]) if isinstance(text, Caption) else []
+        return ValidationSet(shards, self.holdout, list(captions), text.templates if isinstance(text, Caption) else None)
 
     def epoch_batches(self) -> int:
         """Batches per rank in one epoch (the schedule's epoch length), without iterating."""
         return len(self.train_dataloader())
 
+    def train_fields(self) -> dict[str, Field]:
+        """The declared fields set up for training (augmenting images; the text input)."""
+        env = FieldEnv(self.image_size, True, self.crop_scale, self.randaugment, self.text_input)
+        return {name: part.bound(name, env) for name, part in self.fields.items()}
+
     def example_batch(self) -> dict:
         """One sample in a training batch's shapes (a blank image, a tokenised or rendered
-        caption), e.g. for counting the model's FLOPs."""
-        size = self.image_size
-        batch = {"image": torch.zeros(1, 3, size, size), "text": self.text_input(["a sample caption"])}
-        if self.ssl_views:
-            batch["views"] = torch.zeros(1, 2, 3, size, size)
+        caption, ...: each field's example), e.g. for counting the model's FLOPs."""
+        batch: dict = {}
+        for part in self.train_fields().values():
+            batch.update(part.example())
         return batch
 
     def batch_fields(self) -> frozenset[str]:
-        """The fields of a training batch (objectives' ``needs`` are checked against them)."""
-        return frozenset({"image", "text", "caption"} | ({"views"} if self.ssl_views else set()))
+        """The entries of a training batch (what the objectives read is checked against them)."""
+        return frozenset(e for part in self.train_fields().values() for e in part.entries())
 
     @property
     def text_input(self):

@@ -18,14 +18,14 @@ held-out set.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from vlp.data.decode import BadSample, decode_image, image_member
+from vlp.data.decode import BadSample
+from vlp.data.fields import Caption, FieldEnv, Image, Label, SampleContext, decode_sample
 from vlp.data.holdout import Holdout
 from vlp.data.tar_reader import ShardError, tar_samples
 from vlp.data.transforms import image_transform
@@ -82,21 +82,14 @@ def set_samples(shards: list[str], holdout: Holdout | None = None) -> Iterator[d
             raise VLPError(f"eval shard unreadable: {e}") from None
 
 
-def field_value(sample: dict, info: dict | None, field: str):
-    """``txt`` (or any other member extension) = that file's text; otherwise a dotted path
-    into the sample's json (``labels.de``, ``category``, ``tags``)."""
-    if field in sample and field != "json":
-        return sample[field].decode("utf-8")
-    if info is None:
-        raise VLPError(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no '{field}' "
-                       "member and no json to look it up in")
-    value = info
-    for part in field.split("."):
-        if not isinstance(value, dict) or part not in value:
-            raise VLPError(f"sample {sample.get('__key__')} in {sample.get('__url__')}: "
-                           f"field '{field}' not found")
-        value = value[part]
-    return value
+def sample_fields(shards: list[str], parts: dict, holdout: Holdout | None = None) -> Iterator[tuple[dict, dict]]:
+    """``(sample, {name: value})`` of every sample of an eval set in set order, through field
+    parts that read no image (vlp.data.fields: ``Label``, ``Caption(all=True)``): labels and
+    references read as training reads them, without decoding images."""
+    env = FieldEnv(0, train=False)
+    bound = {name: part.bound(name, env) for name, part in parts.items()}
+    for sample in set_samples(shards, holdout):
+        yield sample, decode_sample(bound, SampleContext(sample))
 
 
 def share_size(num_samples: int, world: int) -> int:
@@ -121,26 +114,26 @@ class EvalStream(IterableDataset):
         if batch_size < 1:
             raise VLPError(f"eval batch size must be >= 1, got {batch_size}")
         self.shards = shards
-        self.transform = transform
-        self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.captions = list(captions)
-        self.label_field = label_field
         self.rank, self.world = rank, world
         self.holdout = holdout
+        # the field parts of training (vlp.data.fields), set up for evaluation: the image through
+        # ``transform``, every caption of the caption fields, the label as it is
+        env = FieldEnv(0, train=False, text_input=tokenizer, eval_transform=transform)
+        self.fields = {"image": Image().bound("image", env)}
+        if self.captions:
+            self.fields["text"] = Caption(keys=self.captions, all=True).bound("text", env)
+        if label_field:
+            self.fields["label"] = Label(label_field).bound("label", env)
+        self.tokenizer = tokenizer
 
     def _decode(self, index: int, sample: dict) -> tuple:
-        try:
-            image = decode_image(sample[image_member(sample)])  # transparency on white, as in training
+        try:  # transparency on white, as in training
+            values = decode_sample(self.fields, SampleContext(sample))
         except BadSample as bad:  # eval must see the whole set
             raise VLPError(f"eval sample {sample.get('__key__')} in {sample.get('__url__')}: {bad.reason}") from None
-        info = json.loads(sample["json"]) if "json" in sample else None
-        texts = []
-        for f in self.captions:
-            value = field_value(sample, info, f)
-            texts += [value] if isinstance(value, str) else [str(v) for v in value]
-        label = field_value(sample, info, self.label_field) if self.label_field else None
-        return index, self.transform(image), texts, label
+        return index, values["image"], values.get("text", []), values.get("label")
 
     def _batch(self, items: list) -> dict:
         index, images, texts, labels = zip(*items)

@@ -36,15 +36,15 @@ import bisect
 import itertools
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 import webdataset as wds
-from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from vlp.data.decode import BadSample, decode_image, image_member, json_value, sample_json
+from vlp.data.decode import BadSample, image_member
 from vlp.data.exclusions import Exclusions
+from vlp.data.fields import SampleContext, collate, decode_sample
 from vlp.data.filters import SampleFilters
 from vlp.data.holdout import Holdout
 from vlp.data.sources import MixPart
@@ -52,7 +52,7 @@ from vlp.data.tar_reader import ShardError, tar_samples
 from vlp.errors import VLPError
 
 SKIP_REASONS = ("no_image", "corrupt_image", "too_many_pixels", "missing_caption", "empty_caption",
-                "caption_not_utf8")
+                "caption_not_utf8", "missing_field")
 
 
 def worker_info() -> tuple[int, int, int, int]:
@@ -66,107 +66,44 @@ def stable_seed(*parts) -> int:
 
 
 class SampleDecoder:
-    """Raw webdataset sample -> (image tensor, caption); bad samples raise ``BadSample``.
+    """Raw webdataset sample -> ``{field name: value}`` through the declared field parts
+    (vlp.data.fields); bad samples raise ``BadSample``.
 
     Handling (``counts`` receives the converted ones):
-        - no image member, an image PIL cannot decode (corrupt or truncated): skipped;
+        - no image member (when a field reads the image), an image PIL cannot decode (corrupt or
+          truncated): skipped;
         - an image over ``max_pixels`` (decompression bomb), judged from its header before
           decoding: skipped;
-        - no caption, an empty or blank caption, a caption that is not UTF-8: skipped;
+        - no caption, an empty or blank caption, a caption that is not UTF-8: skipped (the
+          Caption field; vlp.data.fields);
         - RGBA / LA / palette-with-transparency images: composited on white (the colour the
           emoji data are drawn on), counted ``alpha_on_white``; CMYK, palette, grey and other
           modes: converted to RGB, counted ``mode_to_rgb``;
         - with ``filters`` (vlp.data.filters.SampleFilters): samples they reject are skipped and
-          counted ``filter_<reason>``.
+          counted ``filter_<reason>`` (the caption rules by the caption field, the json rules
+          after the fields that read no image, the size rules from the image's header).
 
-    The caption: ``caption_key`` is a member (``txt``) or, when the sample has no such member, a
-    json path (``labels.de``); with ``caption_keys``, one of those fields the sample has is drawn
-    per sample, uniformly (a sample with none is ``missing_caption``). A json value that is a
-    list of strings (the emoji json's ``tags``) gives one of its strings, drawn uniformly. With
-    ``caption_templates`` (``["a {} emoji", "an emoji of {}"]``) one template per sample is drawn
-    and its ``{}`` replaced by the caption. Every draw comes from torch's RNG, which the stream
+    Every draw (caption choice, templates, augmentation) comes from torch's RNG, which the stream
     seeds per batch: reproducible, and the same after a resume. The json is parsed only for a
-    sample whose caption or filters need it.
+    sample whose fields or filters need it.
     """
 
-    def __init__(self, transform: Callable, caption_key: str = "txt", max_pixels: int = 89_478_485,
-                 view_transform: Callable | None = None, caption_keys: list[str] | None = None,
-                 caption_templates: list[str] | None = None, filters: SampleFilters | None = None):
-        self.transform = transform
-        self.caption_key = caption_key
-        self.caption_keys = list(caption_keys) if caption_keys else None
-        self._key_path = tuple(caption_key.split("."))
-        self._paths = [(key, tuple(key.split("."))) for key in self.caption_keys or ()]
-        self.templates = list(caption_templates) if caption_templates else None
-        self.filters = filters
+    def __init__(self, fields: dict, max_pixels: int = 89_478_485, filters: SampleFilters | None = None):
+        self.fields = dict(fields)
         self.max_pixels = max_pixels
-        self.view_transform = view_transform  # SLIP: two extra augmented views per image
+        self.filters = filters
+        self._needs_image = any(f.reads_image for f in self.fields.values())
 
-    def caption(self, sample: dict) -> str:
-        if self.caption_keys:
-            raw = self._drawn(sample)
-        else:
-            raw = sample.get(self.caption_key)
-            if raw is None:
-                raw = _one_of(json_value(sample_json(sample), self._key_path))
-        if raw is None:
-            raise BadSample("missing_caption")
-        if isinstance(raw, bytes):
-            try:
-                raw = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise BadSample("caption_not_utf8") from None
-        if not raw.strip():
-            raise BadSample("empty_caption")
-        return raw
+    def __call__(self, sample: dict, counts: Counter) -> dict:
+        if self._needs_image:
+            image_member(sample)  # no image: skipped before anything is drawn for the sample
+        ctx = SampleContext(sample, counts, self.max_pixels, filters=self.filters)
 
-    def _drawn(self, sample: dict) -> bytes | str | None:
-        """One of the ``caption_keys`` fields the sample has (members first, then json paths),
-        drawn uniformly; None if it has none."""
-        found = []
-        for key, path in self._paths:
-            if key in sample and key != "json":
-                found.append(sample[key])
-                continue
-            value = json_value(sample_json(sample), path)
-            if isinstance(value, str) or (isinstance(value, list) and any(isinstance(v, str) for v in value)):
-                found.append(value)
-        if not found:
-            return None
-        return _one_of(found[int(torch.randint(len(found), ()))])
+        def json_rules() -> None:
+            if self.filters is not None and not self.filters.check_json(sample) and self.filters.sized:
+                ctx.check_size = self.filters.check_size  # judged from the image header instead
 
-    def image(self, data: bytes, counts: Counter, check_size: Callable | None = None) -> Image.Image:
-        return decode_image(data, self.max_pixels, counts, check_size)
-
-    def __call__(self, sample: dict, counts: Counter) -> tuple:
-        ext = image_member(sample)
-        caption = self.caption(sample)
-        check_size = None
-        if self.filters is not None:
-            self.filters.check_caption(caption)
-            if not self.filters.check_json(sample) and self.filters.sized:
-                check_size = self.filters.check_size  # judged from the image header instead
-        if self.templates is not None:
-            template = self.templates[int(torch.randint(len(self.templates), ()))] if len(self.templates) > 1 \
-                else self.templates[0]
-            caption = template.replace("{}", caption)
-        image = self.image(sample[ext], counts, check_size)
-        if self.view_transform is None:
-            return self.transform(image), caption
-        views = torch.stack([self.view_transform(image), self.view_transform(image)])
-        return self.transform(image), caption, views
-
-
-def _one_of(value):
-    """A caption field's value -> one caption: a string or member bytes as they are, one string of
-    a list drawn uniformly (torch's RNG), None for anything else."""
-    if isinstance(value, (str, bytes)):
-        return value
-    if isinstance(value, list):
-        strings = [v for v in value if isinstance(v, str)]
-        if strings:
-            return strings[int(torch.randint(len(strings), ()))] if len(strings) > 1 else strings[0]
-    return None
+        return decode_sample(self.fields, ctx, json_rules)
 
 
 def buffer_shuffle(items, size: int, rng: random.Random):
@@ -184,8 +121,9 @@ def buffer_shuffle(items, size: int, rng: random.Random):
 
 
 class ShardStream(IterableDataset):
-    """Training batches ``{"image": [B,3,H,W], "text": [B,L] (rendered: [B,3,H,W]), "caption": list,
-    "_state": dict}``.
+    """Training batches: the entries of the decoder's fields (vlp.data.fields; by default
+    ``{"image": [B,3,H,W], "text": [B,L] (rendered: [B,3,H,W]), "caption": list}``) and
+    ``"_state": dict``. The text input (tokenizer or text renderer) runs here, in the worker.
 
     ``_state`` (removed by the DataModule before the batch reaches the model) says which
     worker made the batch, its position after it, and the samples it read, skipped and
@@ -194,10 +132,7 @@ class ShardStream(IterableDataset):
 
     Args:
         shards: local or remote shard urls.
-        decode: per-sample decoder (see SampleDecoder).
-        tokenizer: list[str] -> LongTensor [B, L], or a text renderer (CLIPPO,
-            vlp.data.render.TextRenderer): list[str] -> images [B, 3, H, W], drawn here in the
-            worker.
+        decode: per-sample decoder (see SampleDecoder): its fields decode and collate.
         batch_size: samples per batch.
         batches_per_worker: epoch length of each worker.
         shuffle_buffer: sample shuffle buffer size.
@@ -218,7 +153,7 @@ class ShardStream(IterableDataset):
     batch comes next; ``salt`` = a fresh-position salt for resumed resampled streams.
     """
 
-    def __init__(self, shards: list[str], decode: SampleDecoder, tokenizer: Callable, batch_size: int,
+    def __init__(self, shards: list[str], decode: SampleDecoder, batch_size: int,
                  batches_per_worker: int, shuffle_buffer: int = 1000, resampled: bool = False, seed: int = 0,
                  mix: list[MixPart] | None = None, holdout: Holdout | None = None,
                  exclusions: Exclusions | None = None):
@@ -226,7 +161,6 @@ class ShardStream(IterableDataset):
         self.holdout = holdout
         self.exclusions = exclusions if exclusions else None  # an empty list excludes nothing
         self.decode = decode
-        self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.batches_per_worker = batches_per_worker
         self.shuffle_buffer = shuffle_buffer
@@ -345,12 +279,7 @@ class ShardStream(IterableDataset):
                 return
 
     def _batch(self, items: list, state: dict) -> dict:
-        images, captions, *views = zip(*items)
-        batch = {"image": torch.stack(images), "text": self.tokenizer(list(captions)), "caption": list(captions),
-                 "_state": state}
-        if views:  # [B, 2, 3, H, W]: the two SimCLR views of every image (batch dimension first)
-            batch["views"] = torch.stack(views[0])
-        return batch
+        return {**collate(self.decode.fields, items), "_state": state}
 
 
 def _mixed(sources: list[Iterator[dict]], shares: list[float], rng: random.Random) -> Iterator[dict]:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import unicodedata
 from contextlib import nullcontext
 from typing import Literal
 
 from torch.utils.data import DataLoader
 
-from vlp.data.eval_set import PAD, EvalStream, field_value, set_samples
+from vlp.data.eval_set import PAD, EvalStream, sample_fields
+from vlp.data.fields import Caption
 from vlp.data.shards import expand_shards
 from vlp.distributed import gather_objects
 from vlp.errors import VLPError
@@ -68,14 +68,9 @@ class Captioning(EvalTask):
     def _reference_texts(self, urls: list[str]) -> tuple[list[str], list[list[str]]]:
         """Keys and references of every sample in set order (no image decoding)."""
         keys, refs = [], []
-        for sample in set_samples(urls, self.holdout):
-            info = json.loads(sample["json"]) if "json" in sample else None
-            texts = []
-            for f in self.references:
-                value = field_value(sample, info, f)
-                texts += [value] if isinstance(value, str) else [str(v) for v in value]
+        for sample, values in sample_fields(urls, {"refs": Caption(keys=self.references, all=True)}, self.holdout):
             keys.append(sample["__key__"])
-            refs.append(texts)
+            refs.append(values["refs"])
         return keys, refs
 
     def evaluate(self, run: EvalRun) -> tuple[dict[str, float], dict, int]:

@@ -18,9 +18,9 @@ validation sample's json has a ``category`` field.
 
 from __future__ import annotations
 
-import json
 
-from vlp.data.eval_set import ValidationSet, field_value, set_samples
+from vlp.data.eval_set import ValidationSet, set_samples
+from vlp.data.fields import SampleContext
 from vlp.errors import VLPError
 from vlp.eval.base import EvalTask
 from vlp.eval.retrieval import Retrieval
@@ -38,12 +38,7 @@ def first_sample(val: ValidationSet) -> dict:
 
 
 def _has_field(sample: dict, field: str) -> bool:
-    info = json.loads(sample["json"]) if "json" in sample else None
-    try:
-        field_value(sample, info, field)
-    except VLPError:
-        return False
-    return True
+    return SampleContext(sample).value(field) is not None
 
 
 def default_specs(val: ValidationSet) -> list[str]:

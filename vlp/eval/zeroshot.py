@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Literal
@@ -11,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from vlp.data.eval_set import PAD, EvalData, EvalStream, field_value, set_samples, share_size
+from vlp.data.eval_set import PAD, EvalData, EvalStream, sample_fields, share_size
+from vlp.data.fields import Label
 from vlp.data.holdout import Holdout
 from vlp.data.shards import expand_shards
 from vlp.distributed import gather_objects
@@ -60,11 +60,7 @@ def zeroshot_weights(module, data: EvalData, classnames: list[str], templates: l
 def set_labels(shards: list[str], label_field: str, holdout: Holdout | None = None) -> list:
     """Every sample's label in set order (with a ``holdout``: of its held-out samples), read
     without decoding images."""
-    labels = []
-    for sample in set_samples(shards, holdout):
-        info = json.loads(sample["json"]) if "json" in sample else None
-        labels.append(field_value(sample, info, label_field))
-    return labels
+    return [values["label"] for _, values in sample_fields(shards, {"label": Label(label_field)}, holdout)]
 
 
 @torch.no_grad()

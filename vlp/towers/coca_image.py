@@ -70,6 +70,6 @@ class CoCaImageTower(TimmImageTower):
         features = self.ln_post(self.attn_pool_contrastive(hidden)[:, 0])
         pooled = self.proj(features)
         if not tokens:
-            return TowerOutput(pooled, features)
+            return TowerOutput(pooled, features, prefix_tokens=self.prefix_tokens)
         queries = self.ln_post(self.attn_pool(hidden))
         return TowerOutput(pooled, features, **self.token_outputs(trunk_out, image), extra={"queries": queries})
