@@ -14,7 +14,9 @@ from vlp.data.shards import expand_shards
 from vlp.distributed import gather_objects
 from vlp.errors import VLPError
 from vlp.eval.base import EvalRun, EvalTask
-from vlp.eval.cider import cider_d, words
+from vlp.eval.bleu import bleu
+from vlp.eval.cider import cider_d
+from vlp.eval.ptb_tokenize import caption_words
 
 
 def normalised(text: str) -> str:
@@ -22,16 +24,23 @@ def normalised(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text).lower().split())
 
 
-def caption_metrics(hypotheses: list[str], references: list[list[str]]) -> dict[str, float]:
-    """``cider`` (CIDEr-D, vlp.eval.cider), ``bleu4`` (torchmetrics' BLEU over word tokens) and
-    ``exact_match`` (share of captions equal to one of their references, after ``normalised``)."""
-    from torchmetrics.functional.text import bleu_score
+def coco_words(hypotheses: list[str], references: list[list[str]]) -> tuple[list[list[str]], list[list[list[str]]]]:
+    """The words of every caption as coco-caption's evaluation tokenises them: the references of
+    all images as one text, in order, and the hypotheses as another (vlp.eval.ptb_tokenize)."""
+    flat = caption_words([r for rs in references for r in rs])
+    it = iter(flat)
+    return caption_words(hypotheses), [[next(it) for _ in rs] for rs in references]
 
-    cider, _ = cider_d(hypotheses, references)
-    bleu = bleu_score([" ".join(words(h)) for h in hypotheses],
-                      [[" ".join(words(r)) for r in rs] for rs in references], n_gram=4)
+
+def caption_metrics(hypotheses: list[str], references: list[list[str]]) -> dict[str, float]:
+    """``cider`` (CIDEr-D, vlp.eval.cider) and ``bleu4`` (BLEU-4, vlp.eval.bleu) as coco-caption
+    computes them from these captions (its PTB tokenisation, vlp.eval.ptb_tokenize), and
+    ``exact_match`` (share of captions equal to one of their references, after ``normalised``)."""
+    hyp_words, ref_words = coco_words(hypotheses, references)
+    cider, _ = cider_d(hyp_words, ref_words)
+    bleu4, _ = bleu(hyp_words, ref_words, max_n=4)
     exact = sum(normalised(h) in {normalised(r) for r in rs} for h, rs in zip(hypotheses, references))
-    return {"cider": cider, "bleu4": float(bleu), "exact_match": exact / max(len(hypotheses), 1)}
+    return {"cider": cider, "bleu4": bleu4, "exact_match": exact / max(len(hypotheses), 1)}
 
 
 class Captioning(EvalTask):
@@ -46,7 +55,7 @@ class Captioning(EvalTask):
         name, description, holdout: see EvalTask (``holdout``: only the held-out samples of ``shards``).
 
     Metrics: ``cider`` (CIDEr-D as coco-caption returns it: 1.0 is the "100" of papers),
-    ``bleu4``, ``exact_match``.
+    ``bleu4`` (coco-caption's BLEU-4), ``exact_match``.
     On several ranks each captions its equal share with ``max_length`` decoder steps (the same
     forward passes on every rank) and the captions are gathered.
     """
@@ -103,4 +112,4 @@ class Captioning(EvalTask):
         return metrics, details, len(hyps)
 
 
-__all__ = ["Captioning", "caption_metrics", "normalised"]
+__all__ = ["Captioning", "caption_metrics", "coco_words", "normalised"]
