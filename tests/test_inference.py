@@ -103,3 +103,27 @@ def test_unreadable_and_foreign_checkpoints_are_clear_errors(tmp_path):
     (tmp_path / "dir.ckpt").mkdir()
     with pytest.raises(VLPError, match="neither a DeepSpeed nor an FSDP2 checkpoint"):
         load(tmp_path / "dir.ckpt")
+
+
+def test_any_part_starts_from_a_checkpoint_s_part(clip_run, tmp_path, tiny_module):
+    """``model.init_from``: one way for any part (a tower, a head, an objective); a loaded model
+    takes its weights from its own checkpoint, not from the file it started from."""
+    from vlp.module import VLPModule
+    from vlp.objectives import ContrastiveLoss
+
+    _, path = clip_run
+    trained = read_checkpoint(path)["state_dict"]
+    torch.manual_seed(1)
+    module = VLPModule(dict(tiny_module.towers), [ContrastiveLoss()],
+                       init_from={"towers.text": str(path), "objectives.0": str(path)})
+    assert all(torch.equal(v, trained[f"towers.text.{k}"]) for k, v in module.towers.text.state_dict().items())
+    assert torch.equal(module.objectives[0].logit_scale, trained["objectives.0.logit_scale"])
+    with pytest.raises(VLPError, match=r"model.init_from: the model has no part 'towers.audio'"):
+        VLPModule(dict(tiny_module.towers), [ContrastiveLoss()], init_from={"towers.audio": str(path)})
+    with pytest.raises(VLPError, match=r"model.init_from.heads.decoder: checkpoint .* holds no weights of heads"):
+        VLPModule(dict(tiny_module.towers), [ContrastiveLoss()], heads={"decoder": torch.nn.Linear(2, 2)},
+                  init_from={"heads.decoder": str(path)})
+    config = read_checkpoint(path)["vlp"]["model"]
+    assert inference_config({"class_path": "vlp.module.VLPModule",
+                             "init_args": {**config, "init_from": {"towers.text": "gone.ckpt"}}})["init_args"][
+        "init_from"] is None

@@ -94,9 +94,9 @@ def build_module(config: dict, where: str):
     (building draws initial weights, which the checkpoint's replace)."""
     from vlp.module import VLPModule
 
+    spec = inference_config({"class_path": "vlp.module.VLPModule", "init_args": copy.deepcopy(config)})
     with torch.random.fork_rng(devices=[]):
-        module = build({"class_path": "vlp.module.VLPModule", "init_args": inference_config(copy.deepcopy(config))},
-                       VLPModule, f"{where}: model")
+        module = build(spec, VLPModule, f"{where}: model")
     return module
 
 

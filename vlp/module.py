@@ -40,6 +40,11 @@ class VLPModule(LightningModule):
         heads: named modules that objectives train and inference uses (``{decoder:
             vlp.heads.CaptionDecoder}``); each sizes itself on the towers (``attach``), and an
             objective that uses one names it (``heads_used``).
+        init_from: start parts from a checkpoint's weights: ``{towers.text: PATH, heads.decoder:
+            PATH}`` loads each named part (a tower, a head, an objective such as
+            ``objectives.0``) from the same part of any checkpoint vlp reads (a file, a sharded
+            directory, an older schema; vlp.inference.part_state), strictly. A training-only
+            setting: a loaded model takes its weights from its own checkpoint.
 
     The module runs exactly the towers and outputs that the objectives read: a name no
     objective reads is not run, and a tower runs its pooled-only pass (vlp.towers.pooled)
@@ -57,6 +62,7 @@ class VLPModule(LightningModule):
         inputs: dict[str, str] | None = None,
         step: TrainStep | None = None,
         heads: dict[str, nn.Module] | None = None,
+        init_from: dict[str, str] | None = None,
     ):
         super().__init__()
         # the parts are not hyperparameters: what rebuilds the model is the recipe's config, which
@@ -105,11 +111,33 @@ class VLPModule(LightningModule):
         self.automatic_optimization = self.step.automatic
         self._pooled_kw = {name: _takes_tokens_flag(tower) for name, tower in self.towers.items()}
         self.optim = optim or OptimConfig()
+        for part, path in (init_from or {}).items():
+            self._init_part(part, path)
         self.recipe: str | None = None  # set by `vlp fit --recipe`, kept in checkpoints
         # {"model": ..., "data": ...}: the run's model and data config (class_path / init_args), set
         # by `vlp fit`, kept in checkpoints; vlp.inference.load rebuilds the model from it
         self.config: dict | None = None
         self._step_rng: tuple[int, dict] | None = None  # (step, RNG states as that step began)
+
+    @classmethod
+    def inference_args(cls, init_args: dict) -> dict:
+        """The weights come from the checkpoint being loaded (vlp.inference): no ``init_from``."""
+        return {**init_args, "init_from": None} if "init_from" in init_args else init_args
+
+    def _init_part(self, part: str, path: str) -> None:
+        from vlp.inference import part_state
+
+        try:
+            target = self.get_submodule(part)
+        except AttributeError:
+            raise VLPError(f"model.init_from: the model has no part {part!r} (e.g. towers.text, heads.decoder, "
+                           "objectives.0)") from None
+        try:
+            target.load_state_dict(part_state(path, part))
+        except VLPError as e:
+            raise VLPError(f"model.init_from.{part}: {e}") from None
+        except RuntimeError as e:  # shapes or names that do not fit
+            raise VLPError(f"model.init_from.{part}: {path} does not fit: {str(e).splitlines()[0]}") from None
 
     @property
     def nonfinite_skipped(self) -> int:
