@@ -194,15 +194,20 @@ data: {fields: {views: {class_path: vlp.data.fields.Views}}}
 """
 
 
-def test_three_towers_and_an_outside_objective_train_through_the_cli(tmp_path):
+def _fit_recipe(tmp_path, text: str, steps: int, samples: int):
+    """`vlp fit` of a recipe written to ``tmp_path`` at test size, ``steps`` steps, nothing saved."""
     from vlp.cli import run_cli
 
-    recipe = tmp_path / "three.yaml"
-    recipe.write_text(THREE_TOWERS)
-    cli = run_cli(["fit", "--recipe", str(recipe), *TINY, "--data.train_num_samples", "32",
-                   "--trainer.max_steps", "3", "--trainer.max_epochs", "-1", "--trainer.logger", "false",
-                   "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false",
-                   "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)])
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    return run_cli(["fit", "--recipe", str(recipe), *TINY, "--data.train_num_samples", str(samples),
+                    "--trainer.max_steps", str(steps), "--trainer.max_epochs", "-1", "--trainer.logger", "false",
+                    "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false",
+                    "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)])
+
+
+def test_three_towers_and_an_outside_objective_train_through_the_cli(tmp_path):
+    cli = _fit_recipe(tmp_path, THREE_TOWERS, steps=3, samples=32)
     model = cli.model
     assert cli.trainer.global_step == 3
     assert list(model.towers) == ["image", "text", "aux"] and model.share == {"views": "image"}
@@ -234,14 +239,7 @@ data:
 def test_a_second_language_pair_needs_no_module_code(tmp_path):
     """A declared second caption field and an objective that names the pair it compares: the
     module runs the shared text tower on the ``text_zh`` field, both losses train."""
-    from vlp.cli import run_cli
-
-    recipe = tmp_path / "zh.yaml"
-    recipe.write_text(SECOND_LANGUAGE)
-    cli = run_cli(["fit", "--recipe", str(recipe), *TINY, "--data.train_num_samples", "16",
-                   "--trainer.max_steps", "2", "--trainer.max_epochs", "-1", "--trainer.logger", "false",
-                   "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false",
-                   "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)])
+    cli = _fit_recipe(tmp_path, SECOND_LANGUAGE, steps=2, samples=16)
     model = cli.model
     assert model.reads == {"image": {"pooled"}, "text": {"pooled"}, "text_zh": {"pooled"}}
     assert model.inputs["text_zh"] == "text_zh" and "text_zh" in cli.datamodule.batch_fields()

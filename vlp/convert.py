@@ -23,7 +23,8 @@ from vlp.errors import VLPError
 
 def convert(source, out, overwrite: bool = False) -> dict:
     """Write the consolidated checkpoint of ``source`` to ``out`` (atomically); returns it."""
-    from vlp.checkpointing import AtomicCheckpointIO, consolidate, sharded_kind
+    from vlp.checkpointing import AtomicCheckpointIO, sharded_kind
+    from vlp.inference import read_checkpoint
 
     source, out = Path(source), Path(out)
     if not source.exists():
@@ -35,6 +36,6 @@ def convert(source, out, overwrite: bool = False) -> dict:
         raise VLPError(f"convert: {out} is a directory; give the file to write")
     if out.exists() and not overwrite:
         raise VLPError(f"convert: {out} exists (--overwrite replaces it)")
-    ckpt = consolidate(source)
+    ckpt = read_checkpoint(source)  # consolidated, in the current schema (what vlp.inference.load reads)
     AtomicCheckpointIO().save_checkpoint(ckpt, out)
     return ckpt
