@@ -7,10 +7,10 @@ The input is what DeepSpeed (``vlp_deepspeed_*``) or FSDP2 (Lightning's ModelPar
 wrote: a directory named like a checkpoint. The output is a Lightning checkpoint file with the
 whole fp32 weights under the module's own names (consolidated by DeepSpeed's
 ``get_fp32_state_dict_from_zero_checkpoint`` or torch.distributed.checkpoint's loader, see
-vlp.checkpointing.consolidate), the run's hyper-parameters, the datamodule's and vlp's metadata
-(recipe, step): `vlp eval --ckpt`, `vlp caption --ckpt` and ``VLPModule.load_from_checkpoint``
-load it. It holds no optimiser state, so it does not resume training (`--ckpt_path last` passes
-it by); resume from the directory itself. `vlp eval` and `vlp caption` also read a directory
+vlp.checkpointing.consolidate), and the checkpoint's ``vlp`` section in the current schema (the
+run's model and data config, recipe, step): vlp.inference.load (`vlp eval`, `vlp caption`, `vlp
+overlap`) loads it. It holds no optimiser state, so it does not resume training (`--ckpt_path
+last` passes it by); resume from the directory itself. vlp.inference also reads a directory
 directly (consolidated in memory).
 """
 
