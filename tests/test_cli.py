@@ -201,6 +201,8 @@ def test_fit_on_two_cpu_processes(tmp_path):
      "objective views reads batch fields ['views'], which this data pipeline does not make"),
     (["--model.objectives", "[{class_path: tests.test_cli.NeedsViews}]"],
      "objective views reads views.features, but there is no tower or shared name 'views'"),
+    (["--data.fields", "{label: {class_path: vlp.data.fields.Label, init_args: {pathh: category}}}"],
+     "vlp: error: data.fields: unknown key 'pathh'"),
 ])
 def test_bad_overrides_end_in_one_line_before_training(capsys, argv, expected):
     line = _error_line(capsys, ["fit", "--recipe", "clip_tiny", *TINY, "--trainer.max_steps", "1",

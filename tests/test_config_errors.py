@@ -38,6 +38,8 @@ def _message(kind, value) -> str:
      f"part: {__name__}.Tower: width: expected int, got wide"),
     (Tower, {"class_path": f"{__name__}.Tower", "init_args": {"widht": 3}},
      f"part: {__name__}.Tower: unknown key 'widht' (it takes width)"),
+    (dict[str, Tower | None] | None, {"a": {"class_path": f"{__name__}.Tower", "init_args": {"widht": 3}}},
+     f"part: {__name__}.Tower: unknown key 'widht' (it takes width)"),
 ])
 def test_the_key_the_class_and_the_reason(kind, value, expected):
     assert explain(_message(kind, value)) == expected

@@ -18,6 +18,8 @@ UNION_MISMATCH = "Does not validate against any of the Union subtypes"
 # a union member's reason that only says the value is not of that member's type: the member that
 # says something else (a part's own check, a wrong key inside it) is the one worth showing
 _TYPE_ONLY = ("Expected a <class", "Not a valid subclass", "Import path ")
+# jsonargparse also tries a mapping's value as the path of a config file: rarely what was meant
+_PATH_ALTERNATIVE = "Expected a path but"
 _NESTING = re.compile(r"""(?:Parser key "([^"]+)"|Problem with given class_path '([^']+)'):\s*(.*)$""")
 
 
@@ -31,6 +33,10 @@ def explain(message: str, argv: Sequence[str] = (), hide: str | None = None) -> 
     where, classes, rest = _walk(str(message).splitlines(), hide)
     if not rest:
         return ": ".join(where) or "invalid arguments"
+    if rest[0].strip().startswith("- "):  # several reasons: a mapping may also be a config file's path
+        reasons = _members(["Errors:", *rest])
+        picked = next((r for r in reasons if not r.startswith(_PATH_ALTERNATIVE)), reasons[0])
+        return ": ".join([*where, explain(picked, argv)])
     reason = rest[0].strip()
     if reason.startswith(UNION_MISMATCH):
         picked = _union_member(rest)
