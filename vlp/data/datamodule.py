@@ -213,9 +213,11 @@ class VLPDataModule(LightningDataModule):
                 raise VLPError(f"data.caption_templates: give templates with '{{}}' for the caption, got "
                                f"{bad or caption_templates!r}")
         self.caption_templates = list(caption_templates) if caption_templates else None
-        declared = {"image": Image(), "text": Caption(caption_key, self.caption_keys, self.caption_templates,
+        # the recipe's fields first, then the two defaults it did not replace: fields decode in this
+        # order (those reading no image first), so SLIP's views draw their crops before the image's
+        defaults = {"image": Image(), "text": Caption(caption_key, self.caption_keys, self.caption_templates,
                                                       raw="caption")}
-        declared.update(fields or {})
+        declared = {**(fields or {}), **{k: v for k, v in defaults.items() if k not in (fields or {})}}
         self.fields: dict[str, Field] = {name: part for name, part in declared.items() if part is not None}
         if not self.fields:
             raise VLPError("data.fields leaves no field: a batch needs at least one")

@@ -21,8 +21,10 @@ the field and the sample's key (or, with ``missing: skip``, is skipped and count
 ragged values come with a mask), ``example()`` the entries of a batch of one sample.
 
 Decoding order: fields that read no image first (a caption can reject a sample before its image
-is decoded), then the image fields, each in the order declared; random draws (caption choice,
-templates, augmentation) come from torch's RNG, which the stream seeds per batch.
+is decoded), then the image fields, each in the order declared (the datamodule declares the
+recipe's own fields before its default ``image`` and ``text``); random draws (caption choice,
+templates, augmentation) come from torch's RNG, which the stream seeds per batch, so the order
+is part of what makes a run reproducible.
 """
 
 from __future__ import annotations
