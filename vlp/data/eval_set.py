@@ -49,7 +49,7 @@ class EvalData:
         return image_transform(self.image_size, False)
 
     def texts(self, texts: list[str]) -> torch.Tensor:
-        """The text input of ``module.encode_text`` for ``texts``: rendered when the run renders
+        """The text input of ``module.embed("text", ...)`` for ``texts``: rendered when the run renders
         text, else tokenised."""
         encode = self.renderer or self.tokenizer
         if encode is None:
