@@ -9,6 +9,7 @@ import torch
 
 from tests.conftest import TINY
 from vlp.cli import main, run_cli
+from vlp.eval.tasks import task_summary
 from vlp.objectives import Objective
 
 
@@ -143,11 +144,18 @@ def test_fit_clip_tiny_end_to_end_prints_eval_checkpoint_and_logs(tmp_path, caps
     main(["fit", "--recipe", "clip_tiny", *TINY, "--trainer.max_steps", "3", "--trainer.log_every_n_steps", "1",
           "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])
     out = capsys.readouterr().out
-    assert "emoji_google_test_retrieval" in out and "image_to_text_R@1" in out
-    assert "emoji_google_test_category" in out and "top1" in out
     assert "data: 24 samples read; skipped 0" in out  # 3 steps x batch 8
     ckpt = next(line for line in out.splitlines() if line.startswith("checkpoint: ")).split(": ", 1)[1]
     logs = next(line for line in out.splitlines() if line.startswith("logs: ")).split(": ", 1)[1]
+    # the evaluation after the last step: printed, one line per task with its saved headline values
+    saved = json.loads((Path(logs) / "eval.json").read_text())
+    assert saved["step"] == 3
+    assert [r["task"] for r in saved["results"]] == [  # the recipe's tasks, in its order
+        "emoji_google_test_retrieval", "emoji_twitter_test_retrieval", "emoji_twitter_train_retrieval",
+        "emoji_google_test_category", "emoji_twitter_test_category"]
+    lines = out.splitlines()
+    start = lines.index("evaluation after step 3:")
+    assert lines[start + 1:start + 6] == [f"  {r['task']:<40} {task_summary(r)}" for r in saved["results"]]
     assert ckpt.startswith(str(tmp_path)) and torch.load(ckpt, weights_only=False)["global_step"] == 3
     assert (tmp_path / "clip_tiny").exists() and logs.startswith(str(tmp_path))
     metrics = (next((tmp_path / "clip_tiny").glob("version_*")) / "metrics.csv").read_text()

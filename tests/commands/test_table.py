@@ -41,13 +41,16 @@ def test_fit_comes_first_and_the_others_follow_by_name():
 
 @pytest.mark.parametrize("name", commands.names())
 def test_every_command_has_a_help_line_and_answers_help(name, capsys):
+    """A one-line HELP, and `vlp NAME --help` prints that command's own usage (named `vlp NAME`),
+    successfully, with nothing on stderr."""
     help_line = commands.load(name).HELP
     assert isinstance(help_line, str) and help_line and "\n" not in help_line
     try:
         main([name, "--help"])
     except SystemExit as e:  # argparse leaves after printing its help
         assert e.code == 0
-    assert f"vlp {name}" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert out.startswith(f"usage: vlp {name} ") and err == ""
 
 
 def test_a_new_module_is_a_command_in_help_in_suggestions_and_in_dispatch(extra_commands, capsys):

@@ -22,9 +22,13 @@ def test_bleu_by_hand():
     # 4 words against 6 and 8: the closest (6) is the effective length, BP = exp(1 - 6/4)
     score, _ = bleu(w("a b c d"), [w("a b c d e f", "a b c d e f g h")])
     assert score == pytest.approx(math.exp(1 - 6 / 4), rel=1e-8)
-    # no 4-gram in a 3-word hypothesis: coco-caption's smoothing gives a tiny score, not 0
+    # no 4-gram in a 3-word hypothesis: coco-caption's smoothing, (0 + 1e-15) / (0 + 1e-9) = 1e-6,
+    # gives about (1 * 1 * 1 * 1e-6) ** (1/4), not 0; the matched orders and the length ratio are
+    # smoothed too (equal lengths: (3 + 1e-15) / (3 + 1e-9) < 1, a brevity penalty a hair below 1)
     score, _ = bleu(w("a b c"), [w("a b c")])
-    assert 0 < score < 0.05
+    p = (3 + 1e-15) / (3 + 1e-9) * (2 + 1e-15) / (2 + 1e-9) * (1 + 1e-15) / (1 + 1e-9) * 1e-15 / 1e-9
+    assert score == pytest.approx(p ** 0.25 * math.exp(1 - (3 + 1e-9) / (3 + 1e-15)), rel=1e-12)
+    assert score == pytest.approx(1e-6 ** 0.25, rel=1e-8)
     with pytest.raises(ValueError):
         bleu(w("a"), [])
     with pytest.raises(TypeError):

@@ -8,10 +8,23 @@ from vlp.eval.captioning import caption_metrics, normalised
 
 
 def test_caption_metrics():
+    """The three metrics by hand on two images, after PTB words (lowercased): CIDEr-D 2.5 + 0.625 e^(-1/72),
+    BLEU-4 with coco-caption's smoothing and brevity penalty, one exact match of two."""
+    import math
+
     assert normalised("  Grinning   FACE ") == "grinning face"
     m = caption_metrics(["grinning face", "cat"], [["Grinning Face"], ["dog face", "cat face"]])
     assert m["exact_match"] == 0.5
-    assert 0 < m["cider"] and 0 <= m["bleu4"] < 1
+    # CIDEr-D: N = 2 images; "face" is in both reference sets (idf 0), every other n-gram in one
+    # (idf log 2). Image 1 equals its reference: unigram and bigram cosines 1, no 3- or 4-grams:
+    # 10 * (1 + 1 + 0 + 0) / 4 = 5. Image 2, "cat": against "dog face" 0; against "cat face" a
+    # unigram cosine 1 with the length penalty e^(-1/72), no bigram: 10 * e^(-1/72) / 4, averaged
+    # over its two references. The corpus score is the mean of the two images.
+    assert m["cider"] == pytest.approx((5.0 + 10 * math.exp(-1 / 72) / 4 / 2) / 2, rel=1e-12)
+    # BLEU-4: 3 hypothesis words, all matched; 1 bigram, matched; no 3- or 4-grams: coco-caption's
+    # (0 + 1e-15) / (0 + 1e-9); closest reference lengths 2 + 2 = 4 > 3: BP = exp(1 - 4/3)
+    p = (3 + 1e-15) / (3 + 1e-9) * (1 + 1e-15) / (1 + 1e-9) * (1e-15 / 1e-9) ** 2
+    assert m["bleu4"] == pytest.approx(p ** 0.25 * math.exp(1 - (4 + 1e-9) / (3 + 1e-15)), rel=1e-12)
     perfect = caption_metrics(["one two three four", "five six seven eight"],
                               [["one two three four"], ["five six seven eight"]])
     assert perfect == {"cider": pytest.approx(10.0), "bleu4": pytest.approx(1.0), "exact_match": 1.0}

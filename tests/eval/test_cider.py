@@ -29,17 +29,21 @@ def test_cider_d_clips_repeats_averages_references_and_ignores_shared_ngrams():
     refs = [w("a b c d e"), w("f g h i j")]
     exact, _ = cider_d(w("a b c d e", "f g h i j"), refs)
     assert exact == pytest.approx(10.0)  # every order present: all four cosines 1
-    # repeating a matched word does not raise its credit above the reference's count
+    # repeating a matched word does not raise its credit above the reference's count: "a" x 5
+    # (weight 5 log 2, norm 5 log 2) against "a b c d e" (weights log 2, norm sqrt(5) log 2) earns
+    # min(5, 1) log^2 2 / (5 sqrt(5) log^2 2) at n = 1 (unclipped: 1 / sqrt(5)), no bigram matches
     _, rep = cider_d(w("a a a a a", "f g h i j"), refs)
+    assert rep[0] == pytest.approx(10 * (1 / (5 * math.sqrt(5))) / 4, rel=1e-12)
+    # "a x y z w": unseen words weigh log 2 too (df 0 counts as 1): unigram cosine 1/5
     _, once = cider_d(w("a x y z w", "f g h i j"), refs)
-    assert rep[0] < once[0]  # unclipped, five matches would score more than one
+    assert once[0] == pytest.approx(10 * (1 / 5) / 4, rel=1e-12)
     # a word in every image's references has idf log(2/2) = 0 and earns nothing
     _, shared = cider_d(w("the", "x"), [w("the cat"), w("the dog")])
     assert shared[0] == 0.0
-    # the score is the mean over the references
+    # the score is the mean over the references: 5 against "a b" (as above), 0 against "z z"
     _, two = cider_d(w("a b", "c d"), [w("a b", "z z"), w("c d")])
     _, one = cider_d(w("a b", "c d"), [w("a b"), w("c d")])
-    assert two[0] < one[0]
+    assert two == pytest.approx([2.5, 5.0], rel=1e-12) and one == pytest.approx([5.0, 5.0], rel=1e-12)
     with pytest.raises(ValueError):
         cider_d(w("a"), [])
     with pytest.raises(TypeError):

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.eval.test_eval import _shard
+from tests.eval.shards import eval_shard
 from vlp.data.eval_set import EvalData, EvalStream, ValidationSet, set_samples
 from vlp.data.holdout import Holdout
 from vlp.data.tar_reader import tar_samples
@@ -21,7 +21,7 @@ from vlp.eval.validation import validation_tasks
 
 
 def test_the_eval_stream_reads_the_held_out_samples_in_equal_shares(tmp_path):
-    shards = [_shard(tmp_path / "a.tar", 40), _shard(tmp_path / "b.tar", 30)]
+    shards = [eval_shard(tmp_path / "a.tar", 40), eval_shard(tmp_path / "b.tar", 30)]
     holdout = Holdout(0.3, 5)
     keys = [s["__key__"] for url in shards for s in tar_samples(url)]
     held = [k for k in keys if holdout.held_out(k)]
@@ -39,7 +39,7 @@ def test_the_eval_stream_reads_the_held_out_samples_in_equal_shares(tmp_path):
 
 
 def test_validation_tasks_follow_the_data_settings(tmp_path):
-    shard = _shard(tmp_path / "a.tar", 30)
+    shard = eval_shard(tmp_path / "a.tar", 30)
     holdout = Holdout(0.5, 0)
     val = ValidationSet([shard], holdout, ["labels.en"], ["a {}"])
     retrieval, = validation_tasks(["retrieval"], val)
@@ -62,7 +62,7 @@ def test_validation_tasks_follow_the_data_settings(tmp_path):
 def test_a_task_on_held_out_samples_evaluates_only_those(tiny_module, tmp_path):
     from vlp.eval import Retrieval
 
-    shard = _shard(tmp_path / "a.tar", 24)
+    shard = eval_shard(tmp_path / "a.tar", 24)
     data = EvalData(TextTokenizer(context_length=16), 32)
     held = [s for s in set_samples([shard], Holdout(0.4, 2))]
     result = Retrieval(shard, captions=["txt"], holdout={"fraction": 0.4, "seed": 2}).run(tiny_module, data,

@@ -1,9 +1,11 @@
-"""SLIP's SimCLR branch: NT-Xent against a hand-written reference, ranks, views in the data."""
+"""SLIP's SimCLR branch: NT-Xent and its accuracy against hand-written references, ranks, views in
+the data."""
 
 import math
 import os
 import sys
 
+import pytest
 import torch
 
 from vlp.data.fields import Views
@@ -27,6 +29,19 @@ def reference_nt_xent(a, b, t):
     return total / (2 * n)
 
 
+def reference_accuracy(a, b):
+    """float64 loops: the share of views a_i whose most similar candidate (every b_j, every a_j
+    with j != i) is their positive b_i."""
+    a, b = a.double(), b.double()
+    n = a.shape[0]
+    hits = 0
+    for i in range(n):
+        candidates = [(float(a[i] @ b[j]), "b", j) for j in range(n)]
+        candidates += [(float(a[i] @ a[j]), "a", j) for j in range(n) if j != i]
+        hits += max(candidates)[1:] == ("b", i)
+    return hits / n
+
+
 def _views(n=6, d=5, seed=0):
     g = torch.Generator().manual_seed(seed)
     return F.normalize(torch.randn(n, d, generator=g), dim=-1), F.normalize(torch.randn(n, d, generator=g), dim=-1)
@@ -36,7 +51,12 @@ def test_nt_xent_matches_hand_computed_reference_and_gradients():
     a, b = _views()
     loss, metrics = nt_xent(a, b, 0.1)
     assert math.isclose(loss.item(), reference_nt_xent(a, b, 0.1), rel_tol=1e-5)
-    assert 0 <= metrics["acc"].item() <= 1
+    assert metrics["acc"].item() == pytest.approx(reference_accuracy(a, b)) and reference_accuracy(a, b) == 2 / 6
+    # views b_0..b_2 moved next to their a: those three become hits
+    near = b.clone()
+    near[:3] = F.normalize(a[:3] + 0.1 * b[:3], dim=-1)
+    assert nt_xent(a, near, 0.1)[1]["acc"].item() == pytest.approx(reference_accuracy(a, near))
+    assert reference_accuracy(a, near) == 4 / 6
     a64, b64 = a.double().requires_grad_(), b.double().requires_grad_()
     a32, b32 = a.clone().requires_grad_(), b.clone().requires_grad_()
     nt_xent(a32, b32, 0.5)[0].backward()
