@@ -310,6 +310,14 @@ def read_plan(objectives: list[Objective], streams: dict[str, nn.Module]) -> dic
     return {name: plan[name] for name in streams if name in plan}
 
 
+class MissingField(VLPError, KeyError):
+    """A name whose field the batch lacks: a VLPError to the user, a KeyError to ``Mapping.get``
+    and ``in``."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class FieldView(Mapping):
     """A batch seen by names: ``view[name]`` is ``batch[inputs.get(name, name)]``, so an objective
     reads the field its name is mapped to (``model.inputs``); a missing field is a clear error."""
@@ -321,7 +329,7 @@ class FieldView(Mapping):
         field = self.names.get(name, name)
         if field not in self.batch:
             via = f" (the field of the name {name!r})" if field != name else ""
-            raise VLPError(f"the batch has no field {field!r}{via}; it has {sorted(self.batch)}")
+            raise MissingField(f"the batch has no field {field!r}{via}; it has {sorted(self.batch)}")
         return self.batch[field]
 
     def __iter__(self):
