@@ -133,7 +133,7 @@ def test_two_processes_train_a_mixed_stream_with_a_hold_out_validate_as_one_proc
     from tests.data.test_sources import MIX
     from tests.processes import STEPS, fit_two_processes
     from vlp.cli import run_cli
-    from vlp.module import VLPModule
+    from vlp.inference import load
 
     steps = STEPS + 2
     args = ["--data.train_shards", MIX, "--data.holdout", "0.1", "--data.num_workers", "1",
@@ -158,7 +158,7 @@ def test_two_processes_train_a_mixed_stream_with_a_hold_out_validate_as_one_proc
     cli = run_cli(["--recipe", "clip_tiny", *TINY, "--trainer.logger", "false", "--data.train_shards", MIX, "--data.holdout", "0.1",
                    "--data.num_workers", "0"], run=False)
     ckpt = max(logs.glob("checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime)
-    module = VLPModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    module = load(ckpt).module
     tasks = validation_tasks(["retrieval", "zeroshot:category"], cli.datamodule.validation_set())
     mine = [t.run(module, cli.datamodule.eval_data(0), 0, 1, batch_size=64) for t in tasks]
     for a, b in zip(saved, mine):

@@ -16,7 +16,7 @@ HELP = "one checkpoint file out of a DeepSpeed / FSDP2 checkpoint directory: vlp
 
 def build_parser() -> argparse.ArgumentParser:
     p = CommandParser(prog="vlp convert", description="Consolidate a sharded (DeepSpeed / FSDP2) checkpoint directory "
-                "into one checkpoint file for vlp eval, vlp caption and load_from_checkpoint.")
+                "into one checkpoint file for vlp eval, vlp caption and vlp.inference.load.")
     p.add_argument("checkpoint", metavar="CKPT_DIR", help="a DeepSpeed or FSDP2 checkpoint directory (e.g. last.ckpt/)")
     p.add_argument("out", metavar="OUT.ckpt", help="the checkpoint file to write")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
