@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning_utilities.core.apply_func import apply_to_collection
 from torch.utils.data import DataLoader
 
+from vlp.data.clip_tokenizer import ClipTokenizer
 from vlp.data.decode import CONVERT_REASONS
 from vlp.data.eval_set import EvalData, ValidationSet
 from vlp.data.exclusions import Exclusions
@@ -89,7 +90,7 @@ class VLPDataModule(LightningDataModule):
             to the shards each rank gets).
         image_size: side of the square training crop.
         crop_scale: area range of the random resized crop.
-        tokenizer: None = the built-in BPE; or a TextTokenizer / HFTokenizer.
+        tokenizer: None = the built-in BPE; or a TextTokenizer / HFTokenizer / ClipTokenizer (OpenAI CLIP's BPE).
         context_length: tokens per caption for the built-in tokenizer.
         shuffle_buffer: samples in the shuffle buffer of each worker.
         resampled: draw shards with replacement (infinite stream); an epoch is then
@@ -159,7 +160,7 @@ class VLPDataModule(LightningDataModule):
         num_workers: int = 2,
         image_size: int = 224,
         crop_scale: tuple[float, float] = (0.9, 1.0),
-        tokenizer: TextTokenizer | HFTokenizer | None = None,
+        tokenizer: TextTokenizer | HFTokenizer | ClipTokenizer | None = None,
         context_length: int = 32,
         shuffle_buffer: int = 1000,
         resampled: bool = False,
